@@ -1,5 +1,9 @@
 """keras-m3ae: Multimodal Masked Autoencoders for Keras 3."""
 
 from keras_m3ae import data
+from keras_m3ae import layers
+from keras_m3ae.models import M3AEBackbone
+from keras_m3ae.models import M3AEDecoder
+from keras_m3ae.models import M3AEPretrainer
 
 __version__ = "0.1.0"

@@ -1,0 +1,294 @@
+"""Pre-LayerNorm ViT blocks shared by the encoder and the decoder."""
+
+import keras
+from keras import ops
+
+
+def _dense(units, name, dtype):
+    # MAE and the reference M3AE initialise every linear layer Xavier-uniform
+    # with zero bias.
+    return keras.layers.Dense(
+        units, kernel_initializer="glorot_uniform", name=name, dtype=dtype
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Self-attention with one fused query/key/value projection.
+
+    The fused `qkv` kernel `(hidden_dim, 3 * hidden_dim)` splits its output as
+    `(3, num_heads, head_dim)`, the layout of the reference JAX M3AE and of
+    MAE, so their checkpoints convert by copying. The fast path goes through
+    `keras.ops.dot_product_attention` (flash / cuDNN kernels where the
+    backend has them); asking for the attention scores takes an explicit
+    softmax path instead.
+
+    Args:
+        hidden_dim: int. Width of the token vectors.
+        num_heads: int. Number of heads; must divide `hidden_dim`.
+
+    Example:
+    >>> attention = MultiHeadSelfAttention(64, 4)
+    >>> attention(np.zeros((2, 10, 64)), attention_mask=np.ones((2, 10), bool)).shape
+    (2, 10, 64)
+    """
+
+    def __init__(self, hidden_dim, num_heads, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.qkv = _dense(3 * hidden_dim, "qkv", self.dtype_policy)
+        self.proj = _dense(hidden_dim, "proj", self.dtype_policy)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+
+    def call(self, x, attention_mask=None, return_attention_scores=False):
+        qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        mask = None
+        if attention_mask is not None:
+            # Key mask (batch, keys) -> (batch, heads, queries, keys).
+            mask = ops.cast(attention_mask, "bool")[:, None, None, :]
+        if return_attention_scores:
+            logits = ops.einsum("bqnh,bknh->bnqk", q, k) / ops.sqrt(
+                ops.cast(self.head_dim, q.dtype)
+            )
+            if mask is not None:
+                logits = ops.where(mask, logits, ops.cast(-1e9, logits.dtype))
+            scores = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+            out = ops.einsum("bnqk,bknh->bqnh", ops.cast(scores, v.dtype), v)
+        else:
+            out = ops.dot_product_attention(q, k, v, mask=mask)
+        out = self.proj(ops.reshape(out, (-1, x.shape[1], self.hidden_dim)))
+        return (out, scores) if return_attention_scores else out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per example.
+
+    At training time each example's branch is zeroed with probability
+    `rate` and otherwise scaled by `1 / (1 - rate)`; at inference it is the
+    identity. Keras has no such layer.
+
+    Args:
+        rate: float in [0, 1). Probability of dropping the branch.
+        seed: optional int for the layer's `SeedGenerator`.
+
+    Example:
+    >>> DropPath(0.1)(np.ones((4, 3, 8)), training=True).shape
+    (4, 3, 8)
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate else None
+
+    def call(self, x, training=False):
+        if not training or not self.rate:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
+        return x * ops.cast(noise < keep, x.dtype) / keep
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-LayerNorm ViT block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
+
+    Args:
+        hidden_dim: int. Width of the token vectors.
+        num_heads: int. Attention heads.
+        mlp_ratio: float. MLP width as a multiple of `hidden_dim` (4 in ViT).
+        drop_path_rate: float. Stochastic depth rate of both branches.
+        layer_norm_epsilon: float. LayerNorm epsilon (1e-6 as in MAE/M3AE).
+
+    Example:
+    >>> TransformerBlock(64, 4)(np.zeros((2, 10, 64))).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="norm1", dtype=policy
+        )
+        self.attention = MultiHeadSelfAttention(
+            hidden_dim, num_heads, name="attention", dtype=policy
+        )
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="norm2", dtype=policy
+        )
+        self.fc1 = _dense(int(hidden_dim * mlp_ratio), "fc1", policy)
+        self.fc2 = _dense(hidden_dim, "fc2", policy)
+        self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=policy)
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attention, self.norm2, self.fc1):
+            layer.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (int(self.hidden_dim * self.mlp_ratio),))
+
+    def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+        h = self.attention(
+            self.norm1(x),
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            h, scores = h
+        x = x + self.drop_path(h, training=training)
+        # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use.
+        h = self.fc2(keras.activations.gelu(self.fc1(self.norm2(x)), approximate=False))
+        x = x + self.drop_path(h, training=training)
+        return (x, scores) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class TransformerStack(keras.layers.Layer):
+    """A stack of `TransformerBlock`s followed by a final LayerNorm.
+
+    Drop path grows linearly from 0 at the first block to `drop_path_rate`
+    at the last, as in MAE fine-tuning. Blocks are `self.blocks[i]`; the
+    final norm is `self.norm` (partial fine-tuning and layer-wise decay find
+    them there, not by matching names).
+
+    Args:
+        num_layers: int. Number of blocks.
+        hidden_dim: int. Width of the token vectors.
+        num_heads: int. Attention heads.
+        mlp_ratio: float. MLP width as a multiple of `hidden_dim`.
+        drop_path_rate: float. Stochastic depth rate of the last block.
+        layer_norm_epsilon: float. LayerNorm epsilon.
+
+    Example:
+    >>> TransformerStack(2, 64, 4)(np.zeros((2, 10, 64))).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        rates = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
+        self.blocks = [
+            TransformerBlock(
+                hidden_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                drop_path_rate=rate,
+                layer_norm_epsilon=layer_norm_epsilon,
+                name=f"block_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i, rate in enumerate(rates)
+        ]
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="norm", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        for block in self.blocks:
+            block.build(input_shape)
+        self.norm.build(input_shape)
+
+    def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+        all_scores = []
+        for block in self.blocks:
+            x = block(
+                x,
+                attention_mask=attention_mask,
+                training=training,
+                return_attention_scores=return_attention_scores,
+            )
+            if return_attention_scores:
+                x, scores = x
+                all_scores.append(scores)
+        x = self.norm(x)
+        return (x, all_scores) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

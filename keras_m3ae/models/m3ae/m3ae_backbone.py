@@ -1,0 +1,373 @@
+"""The M3AE encoder: one ViT over `[cls | image patches | text tokens]`."""
+
+import os
+
+import keras
+import numpy as np
+from keras import ops
+from keras_hub.models import Backbone
+
+from keras_m3ae.layers.embedding import ClassToken
+from keras_m3ae.layers.embedding import PatchEmbedding
+from keras_m3ae.layers.embedding import PositionTypeEmbedding
+from keras_m3ae.layers.transformer import TransformerStack
+from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
+
+
+class _classproperty:
+    def __init__(self, fget):
+        self.fget = fget
+
+    def __get__(self, instance, owner):
+        return self.fget(owner)
+
+
+def _pair(size):
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class M3AEBackbone(Backbone):
+    """Multimodal masked autoencoder encoder (M3AE); image-only it is MAE.
+
+    Images are cut into `patch_size` patches and projected; text token ids
+    are embedded. Each modality gets a fixed sin-cos position table and a
+    learned modality type vector, a learned CLS vector is prepended, and one
+    pre-LayerNorm ViT encodes the sequence `[cls | patches | tokens]`.
+    Padding tokens never receive attention.
+
+    Called as a model, the backbone encodes every token (no masking) and
+    returns `(batch, 1 + num_patches + max_text_length, hidden_dim)`. The
+    pretrainer calls `embed_images`, `embed_text` and `encode` directly to
+    encode only the visible tokens. With `vocabulary_size=None` the model has
+    no text parameters and takes images alone: that is MAE.
+
+    Args:
+        image_size: int or `(height, width)`. Input image size.
+        patch_size: int. Side of a square patch; must divide `image_size`.
+        vocabulary_size: int or None. Text vocabulary size; None for MAE.
+        hidden_dim: int. Token width.
+        num_layers: int. Number of transformer blocks.
+        num_heads: int. Attention heads per block.
+        max_text_length: int. Text length the model takes (M3AE: 64).
+        mlp_ratio: float. MLP width as a multiple of `hidden_dim`.
+        drop_path_rate: float. Stochastic depth rate (fine-tuning only).
+        layer_norm_epsilon: float. LayerNorm epsilon (1e-6).
+        num_channels: int. Image channels.
+        pretrain_image_size: optional int or `(height, width)`: the image size
+            the weights were pretrained at, when it differs from
+            `image_size`. Position tables are then resampled to cover the
+            same extent.
+        dtype: string or `keras.DTypePolicy`, e.g. `"mixed_bfloat16"`.
+
+    Example:
+    >>> backbone = keras_m3ae.M3AEBackbone(
+    ...     image_size=32, patch_size=8, vocabulary_size=1000,
+    ...     max_text_length=16, hidden_dim=64, num_layers=2, num_heads=4)
+    >>> features = backbone({
+    ...     "images": np.zeros((2, 32, 32, 3), "float32"),
+    ...     "token_ids": np.ones((2, 16), "int32"),
+    ...     "padding_mask": np.ones((2, 16), "int32")})
+    >>> features.shape    # cls + 16 patches + 16 tokens
+    (2, 33, 64)
+    """
+
+    def __init__(
+        self,
+        image_size,
+        patch_size,
+        vocabulary_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        max_text_length=64,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        num_channels=3,
+        pretrain_image_size=None,
+        dtype=None,
+        **kwargs,
+    ):
+        height, width = _pair(image_size)
+        if height % patch_size or width % patch_size:
+            raise ValueError(
+                f"`image_size` {image_size} is not divisible by `patch_size` "
+                f"{patch_size}: images are cut into whole patches."
+            )
+        grid_size = (height // patch_size, width // patch_size)
+        source_grid = None
+        if pretrain_image_size is not None and _pair(pretrain_image_size) != (height, width):
+            ph, pw = _pair(pretrain_image_size)
+            source_grid = (ph // patch_size, pw // patch_size)
+
+        # === Layers ===
+        self.patch_embedding = PatchEmbedding(
+            patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
+        )
+        self.image_position_type = PositionTypeEmbedding(
+            grid_size, hidden_dim, source_grid, dtype=dtype, name="image_position_type"
+        )
+        if vocabulary_size:
+            self.token_embedding = keras.layers.Embedding(
+                vocabulary_size,
+                hidden_dim,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                dtype=dtype,
+                name="token_embedding",
+            )
+            self.text_position_type = PositionTypeEmbedding(
+                max_text_length, hidden_dim, dtype=dtype, name="text_position_type"
+            )
+        self.cls_token = ClassToken(hidden_dim, dtype=dtype, name="cls_token")
+        self.encoder = TransformerStack(
+            num_layers,
+            hidden_dim,
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            name="encoder",
+        )
+        self.grid_size = grid_size
+
+        # === Functional Model ===
+        images = keras.Input((height, width, num_channels), name="images")
+        inputs = {"images": images}
+        text_tokens = padding_mask = None
+        if vocabulary_size:
+            inputs["token_ids"] = keras.Input((max_text_length,), dtype="int32", name="token_ids")
+            inputs["padding_mask"] = keras.Input(
+                (max_text_length,), dtype="int32", name="padding_mask"
+            )
+            text_tokens = self.embed_text(inputs["token_ids"])
+            padding_mask = inputs["padding_mask"]
+        outputs = self.encode(self.embed_images(images), text_tokens, text_valid=padding_mask)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.max_text_length = max_text_length
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.num_channels = num_channels
+        self.pretrain_image_size = pretrain_image_size
+
+    # --- Pieces the pretrainer and the classifier call directly. ---
+
+    @property
+    def has_text(self):
+        return bool(self.vocabulary_size)
+
+    @property
+    def num_patches(self):
+        return self.grid_size[0] * self.grid_size[1]
+
+    def embed_images(self, images):
+        """Patch embedding + 2-D positions + image type: `(B, N, D)`."""
+        return self.image_position_type(self.patch_embedding(images))
+
+    def embed_text(self, token_ids):
+        """Token embedding + 1-D positions + text type: `(B, T, D)`."""
+        return self.text_position_type(self.token_embedding(token_ids))
+
+    def encode(
+        self,
+        image_tokens,
+        text_tokens=None,
+        image_valid=None,
+        text_valid=None,
+        training=False,
+        return_attention_scores=False,
+    ):
+        """Runs the encoder on `[cls | image_tokens | text_tokens]`.
+
+        Args:
+            image_tokens: `(B, Ni, D)` embedded patches (all, or the visible
+                subset).
+            text_tokens: optional `(B, Nt, D)` embedded tokens.
+            image_valid: optional bool `(B,)` or `(B, Ni)`: False for tokens
+                of absent images, which then receive no attention.
+            text_valid: optional bool `(B, Nt)`: False for padding.
+            training: bool. Enables drop path.
+            return_attention_scores: bool. Also return each block's
+                attention weights `(B, heads, S, S)`.
+
+        Returns:
+            `(B, 1 + Ni + Nt, D)`, and the list of scores if asked.
+        """
+        tokens = [image_tokens]
+        valid = [ops.ones_like(image_tokens[:, :, 0], dtype="bool")]
+        if image_valid is not None:
+            image_valid = ops.cast(image_valid, "bool")
+            if len(image_valid.shape) == 1:
+                image_valid = image_valid[:, None]
+            valid[0] = ops.logical_and(valid[0], image_valid)
+        if text_tokens is not None:
+            tokens.append(text_tokens)
+            if text_valid is None:
+                text_valid = ops.ones_like(text_tokens[:, :, 0], dtype="bool")
+            valid.append(ops.cast(text_valid, "bool"))
+        attention_mask = None
+        if image_valid is not None or text_valid is not None:
+            cls_valid = ops.ones_like(image_tokens[:, :1, 0], dtype="bool")
+            attention_mask = ops.concatenate([cls_valid] + valid, axis=1)
+        x = self.cls_token(ops.concatenate(tokens, axis=1))
+        return self.encoder(
+            x,
+            attention_mask=attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+
+    def check_inputs(self, inputs):
+        """Raises a clear `ValueError` for inputs the model cannot take.
+
+        Static checks (keys, ranks, sizes, channels, text length) always run;
+        token id ranges are checked when the ids are concrete arrays.
+
+        Args:
+            inputs: dict with `"images"` and, for M3AE, `"token_ids"` and
+                `"padding_mask"` (arrays or tensors; shapes are what count).
+        """
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "M3AE inputs must be a dict with keys "
+                f"{sorted(self.input_names)}; got {type(inputs).__name__}."
+            )
+        missing = [k for k in self.input_names if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"Missing input key(s) {missing}; the model takes "
+                f"{sorted(self.input_names)} (got {sorted(inputs)})."
+            )
+        shape = tuple(inputs["images"].shape)
+        expected = _pair(self.image_size)
+        if len(shape) != 4:
+            raise ValueError(
+                f"`images` must be a batch (batch, height, width, channels); got shape {shape}."
+            )
+        if shape[-1] != self.num_channels:
+            raise ValueError(
+                f"`images` have {shape[-1]} channels; the model takes "
+                f"{self.num_channels} (convert grayscale/RGBA images to RGB)."
+            )
+        if tuple(shape[1:3]) != expected:
+            raise ValueError(
+                f"`images` are {shape[1]}x{shape[2]}; the model takes "
+                f"{expected[0]}x{expected[1]} (resize them, or build the model "
+                "with this `image_size`)."
+            )
+        if not self.has_text:
+            return
+        for key in ("token_ids", "padding_mask"):
+            length = tuple(inputs[key].shape)[-1]
+            if length is not None and length > self.max_text_length:
+                raise ValueError(
+                    f"`{key}` has length {length}, longer than `max_text_length` "
+                    f"{self.max_text_length}; truncate the text."
+                )
+            if length is not None and length != self.max_text_length:
+                raise ValueError(
+                    f"`{key}` has length {length}; pad it to `max_text_length` "
+                    f"{self.max_text_length}."
+                )
+        ids = inputs["token_ids"]
+        if isinstance(ids, (np.ndarray, list)):
+            ids = np.asarray(ids)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+                raise ValueError(
+                    f"`token_ids` range over [{ids.min()}, {ids.max()}], outside the "
+                    f"vocabulary [0, {self.vocabulary_size})."
+                )
+
+    def no_weight_decay_variables(self):
+        """Variables the papers exclude from weight decay.
+
+        Biases, LayerNorm scales and offsets, the CLS and type vectors
+        (every variable of rank <= 1) and the text embedding matrix; found
+        from the structure, not by matching names.
+        """
+        variables = [v for v in self.weights if len(v.shape) <= 1]
+        if self.has_text:
+            variables.append(self.token_embedding.embeddings)
+        return variables
+
+    @property
+    def input_names(self):
+        return ["images", "token_ids", "padding_mask"] if self.has_text else ["images"]
+
+    def predict(self, x, *args, **kwargs):
+        if isinstance(x, dict):
+            self.check_inputs(x)
+        elif not self.has_text and not hasattr(x, "element_spec"):
+            x = {"images": x}
+        return super().predict(x, *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "max_text_length": self.max_text_length,
+                "mlp_ratio": self.mlp_ratio,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "num_channels": self.num_channels,
+                "pretrain_image_size": self.pretrain_image_size,
+            }
+        )
+        return config
+
+    # --- Presets ---
+
+    @_classproperty
+    def presets(cls):
+        """Named architectures (no published weights are reachable offline)."""
+        return dict(backbone_presets)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds a backbone from a named architecture or a preset directory.
+
+        Args:
+            preset: a name in `M3AEBackbone.presets` (a freshly initialised
+                model of that architecture), or a keras-hub preset directory
+                written by `save_to_preset` (config and weights).
+            load_weights: bool. Load the preset's weights (directories only).
+            **kwargs: config overrides, e.g. `dtype` or `image_size`.
+
+        Example:
+        >>> backbone = keras_m3ae.M3AEBackbone.from_preset("m3ae_vit_base_patch16")
+        """
+        if preset in backbone_presets:
+            config = dict(backbone_presets[preset]["config"])
+            config.update(kwargs)
+            return cls(**config)
+        if "://" not in str(preset):
+            if not os.path.isdir(preset):
+                raise ValueError(
+                    f"Unknown preset {preset!r}: not a named architecture "
+                    f"({', '.join(backbone_presets)}) and not a directory."
+                )
+            for required in ("config.json", "model.weights.h5"):
+                if not os.path.exists(os.path.join(preset, required)) and (
+                    required == "config.json" or load_weights
+                ):
+                    raise ValueError(
+                        f"Preset directory {preset!r} is incomplete: no "
+                        f"{required} (write one with `save_to_preset`)."
+                    )
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)

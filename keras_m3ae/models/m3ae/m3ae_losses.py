@@ -1,0 +1,63 @@
+"""Reconstruction losses, computed on masked positions only."""
+
+from keras import ops
+
+
+def _masked_mean(values, mask):
+    mask = ops.cast(mask, "float32")
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def normalize_patches(patches, epsilon=1e-6):
+    """Normalises each patch by its own mean and std (MAE's norm_pix_loss).
+
+    The variance is unbiased, as `torch.var` computes it in the MAE code.
+
+    Args:
+        patches: float `(..., patch_dim)`.
+        epsilon: float added to the variance.
+
+    Returns:
+        `(normalised, mean, std)`; `normalised * std + mean` gives `patches`
+        back, which is how reconstructions of norm-pix models are shown.
+    """
+    patches = ops.cast(patches, "float32")
+    n = patches.shape[-1]
+    mean = ops.mean(patches, axis=-1, keepdims=True)
+    var = ops.sum(ops.square(patches - mean), axis=-1, keepdims=True) / (n - 1)
+    std = ops.sqrt(var + epsilon)
+    return (patches - mean) / std, mean, std
+
+
+def image_reconstruction_loss(predictions, patches, mask, norm_pix_loss=False):
+    """Per-patch mean squared error, averaged over masked patches.
+
+    Args:
+        predictions: `(B, N, patch_dim)` predicted pixels.
+        patches: `(B, N, patch_dim)` target pixels (`patchify(images)`).
+        mask: `(B, N)`, 1 where a patch was masked (and its image exists).
+        norm_pix_loss: bool. Targets normalised per patch.
+
+    Returns:
+        Scalar float32 loss; 0 when nothing is masked.
+    """
+    targets = normalize_patches(patches)[0] if norm_pix_loss else ops.cast(patches, "float32")
+    per_patch = ops.mean(ops.square(ops.cast(predictions, "float32") - targets), axis=-1)
+    return _masked_mean(per_patch, mask)
+
+
+def text_prediction_loss(logits, token_ids, mask):
+    """Cross-entropy and accuracy over masked, non-padding tokens.
+
+    Args:
+        logits: `(B, T, vocabulary_size)`.
+        token_ids: int `(B, T)` targets.
+        mask: `(B, T)`, 1 where a real token was masked.
+
+    Returns:
+        `(loss, accuracy)`, scalar float32; 0 when nothing is masked.
+    """
+    logits = ops.cast(logits, "float32")
+    per_token = ops.sparse_categorical_crossentropy(token_ids, logits, from_logits=True)
+    hits = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")), "float32")
+    return _masked_mean(per_token, mask), _masked_mean(hits, mask)

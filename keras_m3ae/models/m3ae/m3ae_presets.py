@@ -1,0 +1,61 @@
+"""Named M3AE / MAE architectures (M3AE Section A.3, MAE Section 4).
+
+These are architectures, not published weights: nothing can be downloaded
+here, so `from_preset(name)` builds a freshly initialised model of that size.
+Weights come from your own pretraining (`save_to_preset`) or, later, from the
+converters of the reference checkpoints.
+"""
+
+_M3AE_TEXT = {"vocabulary_size": 30522, "max_text_length": 64}
+
+
+def _vit(hidden_dim, num_layers, num_heads, image_size, patch_size, text):
+    config = {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "hidden_dim": hidden_dim,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "mlp_ratio": 4.0,
+        "layer_norm_epsilon": 1e-6,
+    }
+    config.update(text if text else {"vocabulary_size": None})
+    return config
+
+
+def _preset(description, config):
+    return {"metadata": {"description": description, "path": "m3ae"}, "config": config}
+
+
+backbone_presets = {
+    "m3ae_vit_tiny_demo": _preset(
+        "Tiny M3AE (64 px, patch 8, width 128, 4 blocks, 64 tokens) for demos and tests.",
+        _vit(128, 4, 4, 64, 8, {"vocabulary_size": 30522, "max_text_length": 32}),
+    ),
+    "m3ae_vit_small_patch16": _preset(
+        "M3AE ViT-S/16 encoder (width 384, 12 blocks, 6 heads), 256 px, BERT vocabulary.",
+        _vit(384, 12, 6, 256, 16, _M3AE_TEXT),
+    ),
+    "m3ae_vit_base_patch16": _preset(
+        "M3AE ViT-B/16 encoder (width 768, 12 blocks, 12 heads), 256 px, BERT vocabulary.",
+        _vit(768, 12, 12, 256, 16, _M3AE_TEXT),
+    ),
+    "m3ae_vit_large_patch16": _preset(
+        "M3AE ViT-L/16 encoder (width 1024, 24 blocks, 16 heads), 256 px, BERT vocabulary.",
+        _vit(1024, 24, 16, 256, 16, _M3AE_TEXT),
+    ),
+    "m3ae_vit_huge_patch16": _preset(
+        "M3AE ViT-H/16 encoder (width 1280, 32 blocks, 16 heads), 256 px, BERT vocabulary.",
+        _vit(1280, 32, 16, 256, 16, _M3AE_TEXT),
+    ),
+    "mae_vit_base_patch16": _preset(
+        "MAE ViT-B/16 (image only), 224 px.", _vit(768, 12, 12, 224, 16, None)
+    ),
+    "mae_vit_large_patch16": _preset(
+        "MAE ViT-L/16 (image only), 224 px.", _vit(1024, 24, 16, 224, 16, None)
+    ),
+    "mae_vit_huge_patch14": _preset(
+        "MAE ViT-H/14 (image only), 224 px; MAE's huge uses patch 14.",
+        _vit(1280, 32, 16, 224, 14, None),
+    ),
+}

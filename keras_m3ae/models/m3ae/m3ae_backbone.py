@@ -95,6 +95,15 @@ class M3AEBackbone(Backbone):
                 f"`image_size` {image_size} is not divisible by `patch_size` "
                 f"{patch_size}: images are cut into whole patches."
             )
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads})."
+            )
+        if hidden_dim % 4:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by 4 for the 2-D "
+                "sin-cos position table."
+            )
         grid_size = (height // patch_size, width // patch_size)
         source_grid = None
         if pretrain_image_size is not None and _pair(pretrain_image_size) != (height, width):
@@ -305,10 +314,10 @@ class M3AEBackbone(Backbone):
         return ["images", "token_ids", "padding_mask"] if self.has_text else ["images"]
 
     def predict(self, x, *args, **kwargs):
-        if isinstance(x, dict):
-            self.check_inputs(x)
-        elif not self.has_text and not hasattr(x, "element_spec"):
+        if not isinstance(x, dict) and not hasattr(x, "element_spec") and not self.has_text:
             x = {"images": x}
+        if not hasattr(x, "element_spec"):
+            self.check_inputs(x)
         return super().predict(x, *args, **kwargs)
 
     def get_config(self):

@@ -1,0 +1,131 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import numpy_reference as ref
+from keras_m3ae import layers
+
+
+def test_sincos_2d_matches_specification():
+    table = layers.sincos_2d((3, 5), 16)
+    np.testing.assert_allclose(table, ref.sincos_2d(3, 5, 16), atol=1e-6)
+    # First half encodes the column: patches in one column share it.
+    np.testing.assert_allclose(table[0, :8], table[5, :8])
+    assert not np.allclose(table[0, 8:], table[5, 8:])
+
+
+def test_sincos_1d_matches_specification():
+    np.testing.assert_allclose(layers.sincos_1d(range(7), 12), ref.sincos_1d(range(7), 12), atol=1e-6)
+
+
+def test_sincos_resampling_to_the_same_grid_is_identity_and_stretches_otherwise():
+    np.testing.assert_allclose(layers.sincos_2d((4, 4), 16, (4, 4)), layers.sincos_2d((4, 4), 16), atol=1e-6)
+    # 8x8 over a 4x4 source: centre-aligned positions (i + .5) / 2 - .5.
+    stretched = layers.sincos_2d((8, 8), 16, (4, 4))
+    pos = (np.arange(8) + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(stretched[:8, :8], layers.sincos_1d(pos, 8), atol=1e-6)
+
+
+def test_sincos_rejects_bad_width():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        layers.sincos_2d((2, 2), 6)
+
+
+def test_patchify_order_and_round_trip():
+    images = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype("float32")
+    patches = ops.convert_to_numpy(layers.patchify(images, 4))
+    np.testing.assert_allclose(patches, ref.patchify(images, 4), atol=0)
+    back = ops.convert_to_numpy(layers.unpatchify(patches, 4, (2, 3)))
+    np.testing.assert_array_equal(back, images)
+
+
+def test_random_masking_invariants():
+    noise = keras.random.uniform((6, 20), seed=3)
+    keep, restore, visible = (ops.convert_to_numpy(t) for t in layers.random_masking(noise, 5))
+    assert keep.shape == (6, 5) and restore.shape == (6, 20)
+    np.testing.assert_array_equal(visible.sum(1), 5)
+    # Kept ids are the visible positions, and are the 5 lowest-noise ones.
+    n = ops.convert_to_numpy(noise)
+    for e in range(6):
+        assert set(keep[e]) == set(np.flatnonzero(visible[e]))
+        assert set(keep[e]) == set(np.argsort(n[e])[:5])
+    # Per-example masks differ.
+    assert len({tuple(sorted(k)) for k in keep}) == 6
+    # Un-shuffling restores the original order.
+    tokens = np.arange(20, dtype="float32")[None, :, None] * np.ones((6, 1, 2), "float32")
+    shuffled = np.take_along_axis(tokens, np.argsort(n, 1)[..., None], 1)
+    restored = ops.convert_to_numpy(layers.gather_tokens(shuffled, restore))
+    np.testing.assert_array_equal(restored, tokens)
+
+
+def test_random_masking_num_visible():
+    noise = np.array([[0.5, 0.1, 0.9, 0.3], [0.2, 0.8, 0.4, 0.6]], "float32")
+    keep, _, visible = layers.random_masking(noise, 3, num_visible=np.array([1, 3]))
+    np.testing.assert_array_equal(ops.convert_to_numpy(keep), [[1, 3, 0], [0, 2, 3]])
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(visible), [[False, True, False, False], [True, False, True, True]]
+    )
+
+
+def test_num_kept_follows_mae():
+    assert layers.num_kept(196, 0.75) == 49
+    assert layers.num_kept(64, 0.75) == 16
+    assert layers.num_kept(10, 0.0) == 10
+
+
+def test_attention_fast_and_explicit_paths_agree_with_padding():
+    layer = layers.MultiHeadSelfAttention(16, 2)
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    fast = ops.convert_to_numpy(layer(x, attention_mask=mask))
+    slow, scores = layer(x, attention_mask=mask, return_attention_scores=True)
+    np.testing.assert_allclose(fast, ops.convert_to_numpy(slow), atol=1e-5)
+    scores = ops.convert_to_numpy(scores)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert np.all(scores[0, :, :, 3:] < 1e-6)  # padding never receives attention
+    # A padded key's value cannot change the output.
+    x2 = x.copy()
+    x2[0, 4] += 10.0
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x2, attention_mask=mask))[0, :3], fast[0, :3], atol=1e-5
+    )
+
+
+def test_attention_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible by `num_heads`"):
+        layers.MultiHeadSelfAttention(10, 3)
+
+
+def test_drop_path_statistics():
+    layer = layers.DropPath(0.25, seed=0)
+    x = np.ones((4000, 2, 3), "float32")
+    y = ops.convert_to_numpy(layer(x, training=True))
+    kept = y[:, 0, 0] > 0
+    assert abs(kept.mean() - 0.75) < 0.03
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.MultiHeadSelfAttention(16, 2),
+        layers.TransformerBlock(16, 2, drop_path_rate=0.1),
+        layers.TransformerStack(2, 16, 2, drop_path_rate=0.2),
+        layers.PatchEmbedding(4, 16),
+        layers.PositionTypeEmbedding((2, 3), 16, source_grid_size=(4, 4)),
+        layers.ClassToken(16),
+        layers.DropPath(0.3, seed=2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+
+
+def test_stack_drop_path_grows_linearly():
+    stack = layers.TransformerStack(3, 16, 2, drop_path_rate=0.2)
+    assert [b.drop_path_rate for b in stack.blocks] == pytest.approx([0.0, 0.1, 0.2])

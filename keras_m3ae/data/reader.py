@@ -20,6 +20,7 @@ tokenizes (counting every skip) -> batch -> prefetch.
 """
 
 import concurrent.futures
+import functools
 import logging
 
 import keras
@@ -307,7 +308,10 @@ class _ExampleBuilder:
 
 def _examples(raw, builder, deterministic):
     """Applies the example map, drops failures and skipped examples."""
-    ds = raw.enumerate().map(builder, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # The map holds no Python control flow on tensors; skipping AutoGraph
+    # conversion roughly halves the time to build a pipeline.
+    builder_fn = tf.autograph.experimental.do_not_convert(builder)
+    ds = raw.enumerate().map(builder_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.ignore_errors()
     ds = ds.filter(lambda ok, example, label: ok)
     if builder.has_labels:
@@ -339,6 +343,14 @@ def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None):
     options.deterministic = deterministic
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(vocabulary, max_text_length):
+    # One tokenizer per (vocabulary, length) and process: loading the
+    # vocabulary costs a fraction of a second, and pipelines built side by
+    # side (mixing, train + eval) can share it.
+    return M3AETokenizer(vocabulary, max_text_length)
 
 
 def _attach(ds, counter):
@@ -467,7 +479,7 @@ def image_text_dataset(
     builder = _ExampleBuilder(
         _parse_fn(image_key, caption_key, label_key),
         image_size,
-        M3AETokenizer(vocabulary, max_text_length),
+        _tokenizer(vocabulary, max_text_length),
         counter,
         training,
         seed,
@@ -540,7 +552,7 @@ def image_dataset(
     shard_index, num_shards = default_shard(shard_index, num_shards)
     counter = skip_counter or SkipCounter(name=f"image[{shard_index}/{num_shards}]")
     seed = _seed(seed, shard_index)
-    tokenizer = M3AETokenizer(None, max_text_length)
+    tokenizer = _tokenizer(None, max_text_length)
     if folders:
         if label_key:
             raise ValueError("`label_key` needs TFRecords; image folders carry no labels.")
@@ -653,7 +665,7 @@ def text_dataset(
         files, lambda path: tf.data.TextLineDataset(path), training, seed, deterministic,
         repeat, cache, shuffle_buffer, num_parallel_files,
     )
-    tokenizer = M3AETokenizer(vocabulary, max_text_length)
+    tokenizer = _tokenizer(vocabulary, max_text_length)
 
     def build(line):
         caption, missing = _caption_checks(line, _TextLineCounter(counter), tf.constant(True))

@@ -122,6 +122,9 @@ class SkipCounter:
 
     # Python-side API.
 
+    def _explicit_counts(self):
+        return dict(zip(REASONS, self._counts.numpy().tolist()))
+
     def counts(self):
         """Returns a dict reason -> count (every reason, zeros included)."""
         values = self._counts.numpy().tolist()
@@ -141,9 +144,16 @@ class SkipCounter:
         self._decode_io.assign(tf.zeros_like(self._decode_io))
         self._logged_total = 0
 
-    def log(self):
-        """Logs the non-zero counts at WARNING level."""
-        nonzero = {k: v for k, v in self.counts().items() if v}
+    def log(self, include_in_flight=True):
+        """Logs the non-zero counts at WARNING level.
+
+        Args:
+            include_in_flight: bool. Include the decoder gap (see the class
+                docstring); off when logging from inside the pipeline,
+                where the element being processed is itself in flight.
+        """
+        counts = self.counts() if include_in_flight else self._explicit_counts()
+        nonzero = {k: v for k, v in counts.items() if v}
         if nonzero:
             logger.warning("keras_m3ae.data[%s] skipped or repaired: %s", self.name, nonzero)
 
@@ -151,7 +161,7 @@ class SkipCounter:
         total = int(tf.reduce_sum(self._counts).numpy())
         if total - self._logged_total >= self.log_every or self._logged_total == 0:
             self._logged_total = total
-            self.log()
+            self.log(include_in_flight=False)
 
     def __repr__(self):
         nonzero = {k: v for k, v in self.counts().items() if v}

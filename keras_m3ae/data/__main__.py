@@ -1,0 +1,68 @@
+"""Command line: write TFRecord shards in the img2dataset schema.
+
+    python -m keras_m3ae.data write --images DIR --captions captions.tsv --output OUT
+    python -m keras_m3ae.data write --webdataset shard-000.tar shard-001.tar --output OUT
+    python -m keras_m3ae.data shapes --output OUT --num-examples 512
+"""
+
+import argparse
+import sys
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_m3ae.data",
+        description="Write image-caption TFRecord shards (img2dataset schema).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    write = commands.add_parser(
+        "write", help="From a folder + captions file, or webdataset tar shards."
+    )
+    source = write.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="Folder of images (needs --captions).")
+    source.add_argument("--webdataset", nargs="+", metavar="TAR",
+                        help="img2dataset webdataset tar shard(s).")
+    write.add_argument("--captions", help="TSV (file<TAB>caption) or JSONL captions file.")
+    write.add_argument("--output", required=True, help="Output directory of the shards.")
+    write.add_argument("--examples-per-shard", type=int, default=10_000)
+    write.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+    shapes = commands.add_parser("shapes", help="Render the synthetic shapes dataset.")
+    shapes.add_argument("--output", required=True)
+    shapes.add_argument("--num-examples", type=int, default=512)
+    shapes.add_argument("--image-size", type=int, default=64)
+    shapes.add_argument("--num-shards", type=int, default=4)
+    shapes.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    # Imported after parsing so that `--help` answers without loading TF.
+    from keras_m3ae.data import shapes
+    from keras_m3ae.data import writer
+
+    if args.command == "shapes":
+        paths = shapes.write_shapes_dataset(
+            args.output, args.num_examples, args.image_size, args.num_shards, args.seed
+        )
+        print(f"Wrote {args.num_examples} examples in {len(paths)} shard(s) to {args.output}.")
+        return 0
+    if args.images:
+        if not args.captions:
+            print("error: --images needs --captions", file=sys.stderr)
+            return 2
+        examples = writer.folder_examples(args.images, args.captions)
+    else:
+        examples = writer.webdataset_examples(args.webdataset)
+    summary = writer.write_tfrecords(
+        examples, args.output, args.examples_per_shard, progress=not args.no_progress
+    )
+    print(summary)
+    return 0 if summary.written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

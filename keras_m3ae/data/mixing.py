@@ -1,0 +1,66 @@
+"""Weighted mixing of paired, image-only and text-only sources."""
+
+import tensorflow as tf
+
+from keras_m3ae.data.reader import finalize
+
+
+def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
+                 drop_remainder=None, deterministic=None):
+    """Mixes unbatched sources per example, then batches.
+
+    M3AE trains on image-text pairs together with image-only and text-only
+    data; mixing before batching lets one batch hold all three kinds, in
+    the proportions given by `weights` (in expectation). Build each source
+    with `batch_size=None` and the same `image_size`, `max_text_length` and
+    `label_key`, and with `repeat=True`: when a finite source runs out the
+    mixture stops, so that the proportions never silently change.
+
+    Args:
+        datasets: list of unbatched datasets from `image_text_dataset`,
+            `image_dataset` or `text_dataset`.
+        weights: list of non-negative floats, one per dataset (normalised).
+        batch_size: int, or None for an unbatched mixture.
+        training: bool. Default of `drop_remainder` and `deterministic`.
+        seed: int or None. Seed of the source draws.
+        drop_remainder: bool or None. Defaults to `training`.
+        deterministic: bool or None. Defaults to `not training`.
+
+    Returns:
+        A `tf.data.Dataset` with the element structure of the sources, and a
+        `skip_counters` attribute listing the sources' counters.
+
+    Example:
+
+    >>> pairs = image_text_dataset("cc12m/*.tfrecord", batch_size=None, repeat=True)
+    >>> images = image_dataset("imagenet/*.tfrecord", batch_size=None, repeat=True)
+    >>> texts = text_dataset("captions/*.txt", batch_size=None, repeat=True)
+    >>> ds = mix_datasets([pairs, images, texts], [0.5, 0.25, 0.25], batch_size=256)
+    """
+    datasets = list(datasets)
+    weights = [float(w) for w in weights]
+    if not datasets or len(datasets) != len(weights):
+        raise ValueError(
+            f"Need one weight per dataset, got {len(datasets)} datasets and "
+            f"{len(weights)} weights."
+        )
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"Weights must be non-negative with a positive sum, got {weights}.")
+    spec = datasets[0].element_spec
+    for i, ds in enumerate(datasets[1:], 1):
+        if ds.element_spec != spec:
+            raise ValueError(
+                "All sources must yield the same unbatched structure (same "
+                "image_size, max_text_length, label_key, batch_size=None). "
+                f"Source 0: {spec}; source {i}: {ds.element_spec}."
+            )
+    total = sum(weights)
+    mixed = tf.data.Dataset.sample_from_datasets(
+        datasets,
+        weights=[w / total for w in weights],
+        seed=seed,
+        stop_on_empty_dataset=True,
+    )
+    mixed = finalize(mixed, batch_size, training, drop_remainder, deterministic)
+    mixed.skip_counters = [getattr(ds, "skip_counter", None) for ds in datasets]
+    return mixed

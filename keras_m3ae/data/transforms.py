@@ -1,0 +1,219 @@
+"""Image transforms of the M3AE/MAE recipe, as graph code for `tf.data`.
+
+Training: RandomResizedCrop (scale (0.2, 1.0), ratio (3/4, 4/3)), bicubic
+resize and a random horizontal flip, as in MAE and M3AE. For JPEG only the
+crop window is decoded (`tf.image.decode_and_crop_jpeg`), which saves most of
+the decoding work for small crops. Evaluation: resize the shorter side and
+take the center square, bicubic. Every format ends as RGB (grayscale, RGBA,
+CMYK JPEG, PNG, GIF, BMP, WebP), then is scaled to [0, 1] and normalised with
+the CC12M statistics.
+"""
+
+import tensorflow as tf
+
+from keras_m3ae.data.constants import CC12M_MEAN
+from keras_m3ae.data.constants import CC12M_STD
+
+RANDOM_CROP_SCALE = (0.2, 1.0)
+RANDOM_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+# Format codes returned by `image_format`.
+FORMAT_UNKNOWN = 0
+FORMAT_JPEG = 1
+FORMAT_PNG = 2
+FORMAT_GIF = 3
+FORMAT_BMP = 4
+FORMAT_WEBP = 5
+
+# How far from the end the end-of-image marker is looked for: some encoders
+# append padding or metadata after it.
+_TAIL_WINDOW = 1024
+
+
+def image_format(image_bytes):
+    """Returns the format code of encoded image bytes from their magic number.
+
+    Args:
+        image_bytes: scalar tf.string tensor.
+
+    Returns:
+        A scalar int32 tensor, one of the `FORMAT_*` codes.
+    """
+    # Padded so that short or empty inputs still have 12 bytes to compare.
+    head = tf.strings.join([tf.strings.substr(image_bytes, 0, 12), b"\0" * 12])
+    first3 = tf.strings.substr(head, 0, 3)
+    first4 = tf.strings.substr(head, 0, 4)
+    is_webp = tf.logical_and(
+        tf.equal(first4, b"RIFF"), tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+    )
+    # The first matching case wins; tf.case needs callables.
+    return tf.case(
+        [
+            (tf.equal(first3, b"\xff\xd8\xff"), lambda: FORMAT_JPEG),
+            (tf.equal(first4, b"\x89PNG"), lambda: FORMAT_PNG),
+            (tf.equal(first3, b"GIF"), lambda: FORMAT_GIF),
+            (tf.equal(tf.strings.substr(head, 0, 2), b"BM"), lambda: FORMAT_BMP),
+            (is_webp, lambda: FORMAT_WEBP),
+        ],
+        default=lambda: FORMAT_UNKNOWN,
+    )
+
+
+def _tail_contains(image_bytes, pattern):
+    """Whether `pattern` occurs in the last `_TAIL_WINDOW` bytes."""
+    length = tf.strings.length(image_bytes)
+    start = tf.maximum(length - _TAIL_WINDOW, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(image_bytes, start, _TAIL_WINDOW), tf.uint8)
+    target = tf.constant(list(pattern), tf.uint8)
+    frames = tf.signal.frame(tail, len(pattern), 1)
+    return tf.reduce_any(tf.reduce_all(tf.equal(frames, target), axis=1))
+
+
+def is_complete_image(image_bytes, fmt):
+    """Checks that encoded bytes were not cut short.
+
+    A truncated JPEG is dangerous: `decode_and_crop_jpeg` decodes a crop in
+    the intact top part without complaint, so the pipeline would train on
+    some crops of a broken file and fail on others. JPEG must end with the
+    EOI marker FF D9 (in entropy-coded data FF is always followed by 00 or a
+    restart marker, so FF D9 near the end can only be the real EOI). PNG
+    must hold its IEND chunk, GIF its trailer byte. BMP and WebP are left to
+    the decoder.
+
+    Args:
+        image_bytes: scalar tf.string tensor.
+        fmt: scalar int32 tensor from `image_format`.
+
+    Returns:
+        A scalar bool tensor.
+    """
+    return tf.case(
+        [
+            (tf.equal(fmt, FORMAT_JPEG), lambda: _tail_contains(image_bytes, b"\xff\xd9")),
+            (tf.equal(fmt, FORMAT_PNG), lambda: _tail_contains(image_bytes, b"IEND")),
+            (
+                tf.equal(fmt, FORMAT_GIF),
+                lambda: tf.equal(tf.strings.substr(image_bytes, -1, 1), b";"),
+            ),
+        ],
+        default=lambda: tf.constant(True),
+    )
+
+
+def _sample_crop_window(shape, seed):
+    """RandomResizedCrop window (offset_y, offset_x, height, width)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=RANDOM_CROP_RATIO,
+        area_range=RANDOM_CROP_SCALE,
+        # After 10 failed draws the whole image is used, like torchvision's
+        # RandomResizedCrop falls back to a central crop.
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def _resize(image, image_size):
+    """Bicubic resize of a uint8 crop to a square float image in [0, 255]."""
+    image = tf.image.resize(
+        tf.cast(image, tf.float32), [image_size, image_size], method="bicubic"
+    )
+    # Bicubic overshoots at edges; clip back into the pixel range.
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None):
+    """Training transform: crop-aware decode, RandomResizedCrop, flip.
+
+    Args:
+        image_bytes: scalar tf.string tensor, an encoded image.
+        image_size: int. Output height and width.
+        seed: int tensor of shape (2,), the stateless seed of this example.
+        fmt: optional scalar int32 tensor from `image_format`.
+
+    Returns:
+        A float32 tensor (image_size, image_size, 3) with values in [0, 255].
+    """
+    if fmt is None:
+        fmt = image_format(image_bytes)
+    crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    flip_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+
+    def jpeg_crop():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        window = _sample_crop_window(shape, crop_seed)
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def other_crop():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        window = _sample_crop_window(tf.shape(image), crop_seed)
+        return tf.image.crop_to_bounding_box(
+            image, window[0], window[1], window[2], window[3]
+        )
+
+    crop = tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
+    image = _resize(crop, image_size)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def decode_center_crop(image_bytes, image_size, fmt=None):
+    """Evaluation transform: shorter side to `image_size`, center square.
+
+    Cropping the central min(height, width) square and resizing it equals
+    resizing the shorter side and cropping the center; done in this order
+    only the crop is decoded for JPEG.
+
+    Args:
+        image_bytes: scalar tf.string tensor, an encoded image.
+        image_size: int. Output height and width.
+        fmt: optional scalar int32 tensor from `image_format`.
+
+    Returns:
+        A float32 tensor (image_size, image_size, 3) with values in [0, 255].
+    """
+    if fmt is None:
+        fmt = image_format(image_bytes)
+
+    def center_window(shape):
+        height, width = shape[0], shape[1]
+        side = tf.minimum(height, width)
+        return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+    def jpeg_crop():
+        window = center_window(tf.image.extract_jpeg_shape(image_bytes))
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def other_crop():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        window = center_window(tf.shape(image))
+        return tf.image.crop_to_bounding_box(
+            image, window[0], window[1], window[2], window[3]
+        )
+
+    crop = tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
+    return _resize(crop, image_size)
+
+
+def normalize_image(image):
+    """Scales [0, 255] pixels to [0, 1] and normalises with CC12M mean/std.
+
+    Args:
+        image: float tensor (..., 3) with values in [0, 255].
+
+    Returns:
+        A float32 tensor of the same shape.
+    """
+    mean = tf.constant(CC12M_MEAN, tf.float32)
+    std = tf.constant(CC12M_STD, tf.float32)
+    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def denormalize_image(image):
+    """Inverse of `normalize_image`, back to [0, 1] (for visualisation)."""
+    mean = tf.constant(CC12M_MEAN, tf.float32)
+    std = tf.constant(CC12M_STD, tf.float32)
+    return tf.cast(image, tf.float32) * std + mean

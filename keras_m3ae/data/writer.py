@@ -1,0 +1,265 @@
+"""Writing image-caption TFRecord shards in the img2dataset schema.
+
+img2dataset (`--output_format tfrecord`) stores one `tf.train.Example` per
+image with bytes features `jpg` (the encoded image), `txt` (the caption),
+`key`, `url`, `status` and int64 `width`/`height`. Writing the same schema
+lets one reader serve downloaded CC12M shards and the user's own data.
+Sources: a folder of images plus a TSV/JSONL captions file, or img2dataset
+webdataset tar shards (`KEY.jpg`, `KEY.txt`, `KEY.json`).
+"""
+
+import collections
+import io
+import json
+import os
+import tarfile
+
+import tensorflow as tf
+from PIL import Image
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def _bytes_feature(value):
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def make_example(image, caption, key, url="", width=None, height=None,
+                 status="success", extra=None):
+    """One `tf.train.Example` in the img2dataset TFRecord schema.
+
+    Args:
+        image: bytes. The encoded image, stored as-is under `jpg`.
+        caption: str or bytes. Stored under `txt` (may be empty).
+        key: str. Example id.
+        url: str. Source address, if known.
+        width: int or None. Image width (read from the header if None).
+        height: int or None. Image height (read from the header if None).
+        status: str. img2dataset's download status.
+        extra: dict or None. More features: int values become int64
+            features, str/bytes values bytes features.
+
+    Returns:
+        A `tf.train.Example`.
+    """
+    if width is None or height is None:
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+    features = {
+        "jpg": _bytes_feature(image),
+        "txt": _bytes_feature(caption),
+        "key": _bytes_feature(key),
+        "url": _bytes_feature(url),
+        "width": _int64_feature(width),
+        "height": _int64_feature(height),
+        "original_width": _int64_feature(width),
+        "original_height": _int64_feature(height),
+        "status": _bytes_feature(status),
+    }
+    for name, value in (extra or {}).items():
+        if isinstance(value, (str, bytes)):
+            features[name] = _bytes_feature(value)
+        else:
+            features[name] = _int64_feature(value)
+    return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+class WriteSummary:
+    """What `write_tfrecords` wrote and skipped.
+
+    Attributes:
+        paths: list of str. The shard files written.
+        written: int. Examples written.
+        skipped: collections.Counter. Reason -> number of sources skipped.
+    """
+
+    def __init__(self):
+        self.paths = []
+        self.written = 0
+        self.skipped = collections.Counter()
+
+    def __str__(self):
+        lines = [f"Wrote {self.written} examples in {len(self.paths)} shard(s)."]
+        if self.paths:
+            lines.append(f"  {self.paths[0]} ... {self.paths[-1]}")
+        total = sum(self.skipped.values())
+        lines.append(f"Skipped {total}" + (f": {dict(self.skipped)}" if total else "."))
+        return "\n".join(lines)
+
+
+def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=True,
+                    total=None, summary=None):
+    """Writes examples into shards `00000.tfrecord`, `00001.tfrecord`, ...
+
+    Each image is opened (header only) to check that it is an image and to
+    read its size; unreadable ones are skipped and counted, never written.
+
+    Args:
+        examples: iterable of dicts with `image` (encoded bytes), `caption`
+            (str), `key` (str) and optionally `url` (str), `status` (str)
+            and `extra` (dict of more features, e.g. `{"label": 3}`). An
+            item may instead be `("skip", reason)` to count a source problem
+            found upstream.
+        output_dir: str. Directory (created if needed); any gfile path.
+        examples_per_shard: int. Examples per shard file.
+        progress: bool. Show a tqdm progress bar.
+        total: int or None. Number of items, for the progress bar.
+        summary: `WriteSummary` or None. Filled in and returned.
+
+    Returns:
+        A `WriteSummary`.
+
+    Example:
+
+    >>> summary = write_tfrecords(
+    ...     folder_examples("photos/", "captions.tsv"), "/tmp/shards")
+    >>> print(summary)
+    """
+    if examples_per_shard < 1:
+        raise ValueError(f"examples_per_shard must be >= 1, got {examples_per_shard}.")
+    summary = summary or WriteSummary()
+    tf.io.gfile.makedirs(output_dir)
+    writer = None
+    in_shard = 0
+    bar = tqdm(examples, total=total, disable=not progress, unit="img", desc="write")
+    try:
+        for item in bar:
+            if isinstance(item, tuple):
+                summary.skipped[item[1]] += 1
+                continue
+            try:
+                example = make_example(
+                    item["image"], item.get("caption", ""), item["key"], item.get("url", ""),
+                    status=item.get("status", "success"), extra=item.get("extra"),
+                )
+            except Exception:  # noqa: BLE001 - PIL raises many types on bad bytes
+                summary.skipped["unreadable_image"] += 1
+                continue
+            if writer is None or in_shard == examples_per_shard:
+                if writer is not None:
+                    writer.close()
+                path = os.path.join(output_dir, f"{len(summary.paths):05d}.tfrecord")
+                writer = tf.io.TFRecordWriter(path)
+                summary.paths.append(path)
+                in_shard = 0
+            writer.write(example.SerializeToString())
+            in_shard += 1
+            summary.written += 1
+            bar.set_postfix(shards=len(summary.paths), skipped=sum(summary.skipped.values()))
+    finally:
+        if writer is not None:
+            writer.close()
+        bar.close()
+    return summary
+
+
+def _read_captions(captions_file):
+    """(file name, caption) pairs from a TSV or JSONL file."""
+    pairs = []
+    with tf.io.gfile.GFile(captions_file, "r") as f:
+        lines = f.read().splitlines()
+    jsonl = captions_file.endswith((".jsonl", ".json")) or (
+        lines and lines[0].lstrip().startswith("{")
+    )
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if jsonl:
+            row = json.loads(line)
+            name = next((row[k] for k in ("file", "filename", "image", "path") if k in row), None)
+            caption = next((row[k] for k in ("caption", "text", "txt") if k in row), "")
+            if name is None:
+                raise ValueError(f"{captions_file}:{number}: no 'file' field in {line!r}.")
+        else:
+            name, _, caption = line.partition("\t")
+            if number == 1 and name.strip().lower() in ("file", "filename", "image", "path"):
+                continue  # a header row
+        pairs.append((name.strip(), caption.strip()))
+    return pairs
+
+
+def folder_examples(image_dir, captions_file):
+    """Examples from a folder of images and a captions file.
+
+    The captions file is TSV (`file name<TAB>caption` per line, an optional
+    header) or JSONL (`{"file": ..., "caption": ...}` per line). Listed
+    files that do not exist yield `("skip", "missing_file")`.
+
+    Args:
+        image_dir: str. Folder of the images.
+        captions_file: str. TSV or JSONL path.
+
+    Yields:
+        Example dicts for `write_tfrecords`.
+    """
+    for name, caption in _read_captions(captions_file):
+        path = os.path.join(image_dir, name)
+        if not tf.io.gfile.exists(path):
+            yield ("skip", "missing_file")
+            continue
+        with tf.io.gfile.GFile(path, "rb") as f:
+            image = f.read()
+        key = os.path.splitext(os.path.basename(name))[0]
+        yield {"image": image, "caption": caption, "key": key, "url": name}
+
+
+def webdataset_examples(tar_paths):
+    """Examples from img2dataset webdataset tar shards.
+
+    Members are grouped by key (`KEY.jpg`, `KEY.txt`, `KEY.json`); the json
+    gives `url` and `status`. A key without an image yields
+    `("skip", "no_image_in_tar")`. Any image extension is accepted.
+
+    Args:
+        tar_paths: str or list of str.
+
+    Yields:
+        Example dicts for `write_tfrecords`.
+    """
+    for tar_path in [tar_paths] if isinstance(tar_paths, str) else tar_paths:
+        with tf.io.gfile.GFile(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            # img2dataset writes a sample's members next to each other, so a
+            # streaming read holds one sample at a time.
+            current_key, parts = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, ext = os.path.splitext(member.name)
+                if stem != current_key and current_key is not None:
+                    yield _webdataset_sample(current_key, parts)
+                    parts = {}
+                current_key = stem
+                parts[ext.lower()] = tar.extractfile(member).read()
+            if current_key is not None:
+                yield _webdataset_sample(current_key, parts)
+
+
+def _webdataset_sample(stem, parts):
+    image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+    if image is None:
+        return ("skip", "no_image_in_tar")
+    meta = {}
+    if ".json" in parts:
+        try:
+            meta = json.loads(parts[".json"].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    caption = parts.get(".txt", b"")
+    try:
+        caption = caption.decode("utf-8")
+    except UnicodeDecodeError:
+        pass  # kept as bytes; the reader counts it as an invalid caption
+    return {
+        "image": image,
+        "caption": caption,
+        "key": str(meta.get("key") or os.path.basename(stem)),
+        "url": str(meta.get("url") or ""),
+        "status": str(meta.get("status") or "success"),
+    }

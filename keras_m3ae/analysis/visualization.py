@@ -1,0 +1,80 @@
+"""Pictures of what a pretrained M3AE does: reconstructions, attention."""
+
+import numpy as np
+
+from keras_m3ae.data.constants import CC12M_MEAN
+from keras_m3ae.data.constants import CC12M_STD
+
+
+def to_pixels(images, mean=CC12M_MEAN, std=CC12M_STD):
+    """Normalised images -> RGB values in [0, 1] for display."""
+    return np.clip(np.asarray(images) * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+
+
+def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=CC12M_STD, max_rows=6):
+    """Draws triplets: original / masked / reconstruction, one row each.
+
+    As in the M3AE figures, the reconstruction shows the visible patches
+    pasted back over the predictions.
+
+    Args:
+        result: dict from `M3AEPretrainer.reconstruct`.
+        path: optional file to save the figure to (PNG by extension).
+        captions: optional list of strings shown above each row.
+        mean: per-channel mean the images were normalised with.
+        std: per-channel std the images were normalised with.
+        max_rows: int. At most this many examples.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+    >>> result = pretrainer.reconstruct(batch)
+    >>> plot_reconstructions(result, "reconstructions.png")
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = min(len(result["images"]), max_rows)
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2.1 * rows), squeeze=False)
+    titles = ("original", "masked", "reconstruction")
+    keys = ("images", "masked_images", "reconstructions")
+    for r in range(rows):
+        for c, key in enumerate(keys):
+            image = to_pixels(result[key][r], mean, std)
+            if key == "masked_images":
+                # Masked patches in grey, so they read as "removed".
+                image = np.where(_pixel_mask(result["image_mask"][r], image.shape), 0.5, image)
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+        if captions is not None:
+            axes[r, 0].set_ylabel(_wrap(captions[r]), fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _pixel_mask(patch_mask, image_shape):
+    """`(num_patches,)` patch mask -> `(H, W, 1)` pixel mask (square patches)."""
+    height, width = image_shape[:2]
+    patch = int(round((height * width / patch_mask.shape[0]) ** 0.5))
+    grid = np.asarray(patch_mask, bool).reshape(height // patch, width // patch)
+    return np.repeat(np.repeat(grid, patch, 0), patch, 1)[..., None]
+
+
+def _wrap(text, width=28):
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join(lines + [line])

@@ -1,0 +1,50 @@
+"""Runs the test suite once per Keras backend: jax, tensorflow, torch.
+
+Usage: python tests/run_all_backends.py [pytest args...]
+Set M3AE_BACKENDS=jax,torch to run a subset. Exits non-zero if any
+backend's run fails; the last line totals all runs.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    backends = os.environ.get("M3AE_BACKENDS", "jax,tensorflow,torch").split(",")
+    totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    failed_backends = []
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+        start = time.time()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", *sys.argv[1:]],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        last = ""
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.strip():
+                last = line
+        if proc.wait() != 0:
+            failed_backends.append(backend)
+        for key in totals:
+            found = re.search(rf"(\d+) {key}", last)
+            totals[key] += int(found.group(1)) if found else 0
+        print(f"({backend}: {time.time() - start:.0f} s)", flush=True)
+    if failed_backends:
+        print(f"\nFailed under: {', '.join(failed_backends)}")
+    print(
+        f"all backends: {totals['passed']} passed, {totals['failed'] + totals['error']} failed, "
+        f"{totals['skipped']} skipped"
+    )
+    sys.exit(1 if failed_backends else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -227,13 +227,12 @@ def _caption_checks(caption, counter, count):
 
 
 class _ExampleBuilder:
-    """The per-example map: load -> validate -> decode/augment -> tokenize."""
+    """The per-example map: load -> validate -> decode/augment -> caption checks."""
 
-    def __init__(self, load_fn, image_size, tokenizer, counter, training, seed,
+    def __init__(self, load_fn, image_size, counter, training, seed,
                  text_drop_rate, has_labels):
         self.load_fn = load_fn
         self.image_size = image_size
-        self.tokenizer = tokenizer
         self.counter = counter
         self.training = training
         self.seed = seed
@@ -502,7 +501,6 @@ def image_text_dataset(
     builder = _ExampleBuilder(
         _parse_fn(image_key, caption_key, label_key),
         image_size,
-        tokenizer,
         counter,
         training,
         seed,
@@ -612,7 +610,7 @@ def image_dataset(
             training, seed, deterministic, repeat, cache, shuffle_buffer, num_parallel_files,
         )
         load = _parse_fn(image_key, None, label_key)
-    builder = _ExampleBuilder(load, image_size, tokenizer, counter, training, seed,
+    builder = _ExampleBuilder(load, image_size, counter, training, seed,
                               text_drop_rate=0.0, has_labels=bool(label_key))
     # An image-only source has no captions to complain about.
     ds = _examples(raw, _NoCaptionCounting(builder), deterministic)

@@ -227,13 +227,12 @@ def _caption_checks(caption, counter, count):
 
 
 class _ExampleBuilder:
-    """The per-example map: load -> validate -> decode/augment -> tokenize."""
+    """The per-example map: load -> validate -> decode/augment -> caption checks."""
 
-    def __init__(self, load_fn, image_size, tokenizer, counter, training, seed,
+    def __init__(self, load_fn, image_size, counter, training, seed,
                  text_drop_rate, has_labels):
         self.load_fn = load_fn
         self.image_size = image_size
-        self.tokenizer = tokenizer
         self.counter = counter
         self.training = training
         self.seed = seed
@@ -292,15 +291,14 @@ class _ExampleBuilder:
             drop_seed = tf.random.experimental.stateless_fold_in(seed, 3)
             dropped = tf.random.stateless_uniform([], drop_seed) < self.text_drop_rate
             caption = tf.where(dropped, tf.constant(""), caption)
-        token_ids, padding_mask = self.tokenizer(caption)
 
-        with tf.control_dependencies([images, token_ids]):
+        with tf.control_dependencies([images, caption]):
             left = counter.leave_decoder()
         with tf.control_dependencies([left]):
+            # Captions stay strings here; `finalize` tokenizes whole batches.
             example = {
                 "images": tf.identity(images),
-                "token_ids": tf.identity(token_ids),
-                "padding_mask": tf.identity(padding_mask),
+                "captions": tf.identity(caption),
                 "has_image": tf.constant(True),
             }
             return tf.identity(ok), example, tf.cast(label, tf.int32)
@@ -319,8 +317,28 @@ def _examples(raw, builder, deterministic):
     return ds.map(lambda ok, example, label: example)
 
 
-def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None):
+def _tokenize(ds, tokenizer):
+    """Replaces `captions` strings by `token_ids` and `padding_mask`."""
+
+    def tokenize(x, *labels):
+        token_ids, padding_mask = tokenizer(x["captions"])
+        # Keep the static batch size through the tokenizer's ragged ops.
+        shape = x["has_image"].shape.concatenate([tokenizer.max_text_length])
+        token_ids = tf.ensure_shape(token_ids, shape)
+        padding_mask = tf.ensure_shape(padding_mask, shape)
+        out = {"images": x["images"], "token_ids": token_ids,
+               "padding_mask": padding_mask, "has_image": x["has_image"]}
+        return (out, *labels) if labels else out
+
+    return ds.map(tokenize, num_parallel_calls=AUTOTUNE)
+
+
+def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None,
+             tokenizer=None):
     """Batches (static shapes when dropping the remainder), prefetches, sets options.
+
+    With a `tokenizer`, `captions` strings are tokenized after batching:
+    WordPiece on a batch costs a fraction of the per-example cost.
 
     Args:
         ds: a dataset of unbatched examples.
@@ -328,6 +346,7 @@ def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None):
         training: bool. Default of `drop_remainder` and `deterministic`.
         drop_remainder: bool or None (defaults to `training`).
         deterministic: bool or None (defaults to `not training`).
+        tokenizer: `M3AETokenizer` or None. Tokenizes `captions`.
 
     Returns:
         A `tf.data.Dataset`.
@@ -339,6 +358,8 @@ def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None):
     if batch_size is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder,
                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if tokenizer is not None:
+        ds = _tokenize(ds, tokenizer)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
@@ -476,10 +497,10 @@ def image_text_dataset(
         lambda path: _read_record_file(path, size_of.lookup(path), counter),
         training, seed, deterministic, repeat, cache, shuffle_buffer, num_parallel_files,
     )
+    tokenizer = _tokenizer(vocabulary, max_text_length)
     builder = _ExampleBuilder(
         _parse_fn(image_key, caption_key, label_key),
         image_size,
-        _tokenizer(vocabulary, max_text_length),
         counter,
         training,
         seed,
@@ -487,7 +508,8 @@ def image_text_dataset(
         has_labels=bool(label_key),
     )
     ds = _examples(raw, builder, deterministic)
-    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic), counter)
+    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
+                            tokenizer), counter)
 
 
 def image_dataset(
@@ -588,11 +610,12 @@ def image_dataset(
             training, seed, deterministic, repeat, cache, shuffle_buffer, num_parallel_files,
         )
         load = _parse_fn(image_key, None, label_key)
-    builder = _ExampleBuilder(load, image_size, tokenizer, counter, training, seed,
+    builder = _ExampleBuilder(load, image_size, counter, training, seed,
                               text_drop_rate=0.0, has_labels=bool(label_key))
     # An image-only source has no captions to complain about.
     ds = _examples(raw, _NoCaptionCounting(builder), deterministic)
-    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic), counter)
+    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
+                            tokenizer), counter)
 
 
 class _NoCaptionCounting:
@@ -669,18 +692,17 @@ def text_dataset(
 
     def build(line):
         caption, missing = _caption_checks(line, _TextLineCounter(counter), tf.constant(True))
-        token_ids, padding_mask = tokenizer(caption)
         example = {
             "images": tf.zeros([image_size, image_size, 3], tf.float32),
-            "token_ids": token_ids,
-            "padding_mask": padding_mask,
+            "captions": caption,
             "has_image": tf.constant(False),
         }
         return tf.logical_not(missing), example
 
     ds = raw.map(build, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.filter(lambda ok, example: ok).map(lambda ok, example: example)
-    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic), counter)
+    return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
+                            tokenizer), counter)
 
 
 class _TextLineCounter:

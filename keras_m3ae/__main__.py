@@ -82,7 +82,7 @@ def main(argv=None):
     print(f"[3/4] Saving the encoder preset to {preset_dir}")
     backbone.save_to_preset(preset_dir)
 
-    print("[4/4] Drawing reconstructions")
+    print("[4/4] Drawing reconstructions, attention maps and feature clusters")
     evaluation = data.image_text_dataset(
         shards, image_size=64, max_text_length=text_length, vocabulary=vocabulary,
         batch_size=6, training=False,
@@ -94,6 +94,18 @@ def main(argv=None):
     result = pretrainer.reconstruct(batch)
     figure_path = os.path.join(out, "reconstructions.png")
     keras_m3ae.analysis.plot_reconstructions(result, figure_path, captions=captions)
+    attention_path = os.path.join(out, "attention.png")
+    maps = keras_m3ae.analysis.cross_modal_attention(backbone, batch)
+    words = [tokenizer.detokenize(i[None]) for i in batch["token_ids"][0][batch["padding_mask"][0]]]
+    keras_m3ae.analysis.plot_text_to_image_attention(batch["images"], maps, words, attention_path)
+    labelled = data.image_text_dataset(
+        shards, image_size=64, max_text_length=text_length, vocabulary=vocabulary,
+        batch_size=128, training=False, label_key="label",
+    )
+    images, labels = zip(*[(x["images"].numpy(), y.numpy()) for x, y in labelled.take(4)])
+    features = keras_m3ae.analysis.cls_features(backbone, np.concatenate(images))
+    tsne_path = os.path.join(out, "tsne.png")
+    keras_m3ae.analysis.plot_tsne(features, np.concatenate(labels), data.SHAPE_CLASS_NAMES, tsne_path)
 
     logs = history.history
     print(
@@ -104,6 +116,8 @@ def main(argv=None):
     print(f"  data (img2dataset-style TFRecords): {data_dir}")
     print(f"  encoder preset:                     {preset_dir}")
     print(f"  reconstructions (original / masked / reconstruction): {figure_path}")
+    print(f"  attention of each caption word over the image:        {attention_path}")
+    print(f"  t-SNE of CLS features by shape class:                 {tsne_path}")
     print(f"Load the encoder with keras_m3ae.M3AEBackbone.from_preset({preset_dir!r}).")
 
 

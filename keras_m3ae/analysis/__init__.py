@@ -1,4 +1,8 @@
-"""Looking inside: reconstructions, attention, features, OOD scores."""
+"""Looking inside: reconstructions, cross-modal attention, feature clusters."""
 
+from keras_m3ae.analysis.attention import cross_modal_attention
+from keras_m3ae.analysis.attention import plot_text_to_image_attention
+from keras_m3ae.analysis.features import cls_features
+from keras_m3ae.analysis.features import plot_tsne
 from keras_m3ae.analysis.visualization import plot_reconstructions
 from keras_m3ae.analysis.visualization import to_pixels

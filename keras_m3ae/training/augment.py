@@ -35,7 +35,10 @@ def random_resized_crop(image, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
         seed=seed or 0,
     )
     crop = tf.slice(image, begin, size)
-    return tf.image.resize(tf.cast(crop, tf.float32), image_size, method="bicubic")
+    out = tf.image.resize(tf.cast(crop, tf.float32), image_size, method="bicubic")
+    # The slice has a dynamic size; keep the static channel count.
+    out.set_shape(tuple(image_size) + (image.shape[-1],))
+    return out
 
 
 def center_crop(image, image_size, crop_fraction=0.875):

@@ -1,8 +1,12 @@
-"""Looking inside: reconstructions, cross-modal attention, feature clusters."""
+"""Looking inside: reconstructions, cross-modal attention, feature clusters, OOD."""
 
 from keras_m3ae.analysis.attention import cross_modal_attention
 from keras_m3ae.analysis.attention import plot_text_to_image_attention
 from keras_m3ae.analysis.features import cls_features
 from keras_m3ae.analysis.features import plot_tsne
+from keras_m3ae.analysis.ood import MahalanobisDetector
+from keras_m3ae.analysis.ood import auroc
+from keras_m3ae.analysis.ood import extract_features
+from keras_m3ae.analysis.ood import max_softmax_score
 from keras_m3ae.analysis.visualization import plot_reconstructions
 from keras_m3ae.analysis.visualization import to_pixels

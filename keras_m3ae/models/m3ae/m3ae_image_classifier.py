@@ -1,0 +1,413 @@
+"""Image classification on an M3AE / MAE encoder: linear probe, partial and full fine-tuning."""
+
+import os
+
+import keras
+from keras import ops
+from keras_hub.models import ImageClassifier
+from keras_hub.models import Task
+
+from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
+from keras_m3ae.models.m3ae.m3ae_image_classifier_preprocessor import (
+    M3AEImageClassifierPreprocessor,
+)
+from keras_m3ae.models.m3ae.m3ae_image_converter import M3AEImageConverter
+from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
+from keras_m3ae.training.layer_decay import layer_decay_multipliers
+from keras_m3ae.training.layer_decay import with_learning_rate_multipliers
+from keras_m3ae.training.lars import LARS
+from keras_m3ae.training.losses import ClassificationAccuracy
+from keras_m3ae.training.losses import ClassificationCrossentropy
+from keras_m3ae.training.schedules import scaled_learning_rate
+from keras_m3ae.training.schedules import warmup_cosine_schedule
+
+# Recipes (M3AE Table 3/4, MAE Tables 8/9, MAE efficiency study).
+LINEAR_PROBE_RECIPE = {
+    "base_learning_rate": 0.1,
+    "weight_decay": 0.0,
+    "warmup_epochs": 10,
+    "layer_decay": None,
+    "label_smoothing": 0.0,
+}
+FINE_TUNE_RECIPE = {
+    "base_learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 5,
+    "layer_decay": 0.75,
+    "label_smoothing": 0.1,
+}
+
+
+def _pair(size):
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+@keras.saving.register_keras_serializable(package="keras_m3ae")
+class M3AEImageClassifier(ImageClassifier):
+    """An image classifier on a pretrained M3AE / MAE encoder.
+
+    Images alone go through the encoder (`backbone.embed_images` then
+    `backbone.encode`); a pretrained M3AE's text parameters are unused and
+    frozen. The pooled feature (`"token"`: the CLS output, `"mean"`: the mean
+    of the patch outputs) feeds a Dense head that returns logits.
+
+    `fine_tune_blocks` picks the protocol of the papers:
+
+    - `0`: linear probe. The encoder is frozen and runs in inference mode;
+      the head is `BatchNorm(no affine, eps 1e-6) -> Dense` (MAE Sec. A.2).
+    - `k`: partial fine-tuning. The last `k` blocks and the final norm train
+      with the head (MAE Sec. 4.3).
+    - `None`: full fine-tuning (drop path as set on the backbone).
+
+    `compile()` defaults to each protocol's recipe; see `compile`.
+
+    Args:
+        backbone: `M3AEBackbone`.
+        num_classes: int. Number of classes.
+        preprocessor: `M3AEImageClassifierPreprocessor` or None. Applied to
+            raw images by `fit`, `evaluate` and `predict`.
+        pooling: `"token"` (CLS) or `"mean"` (average of patch tokens).
+        fine_tune_blocks: None, 0 or int in `[1, num_layers]`; see above.
+        image_size: optional int or `(height, width)`: fine-tune at another
+            size than the backbone's. The backbone is rebuilt at this size
+            with `pretrain_image_size` set to its previous size, so the
+            sin-cos position table is resampled over the pretraining extent
+            (weights are unchanged: the table is not a weight).
+        drop_path_rate: optional float: rebuilds the backbone with this
+            stochastic-depth rate (fine-tuning recipe: 0.1).
+        activation: optional head activation; None returns logits.
+        head_dtype: optional dtype policy of the head.
+
+    Example:
+    >>> clf = M3AEImageClassifier.from_preset(
+    ...     "/tmp/m3ae_preset", num_classes=10, fine_tune_blocks=0)
+    >>> clf.fit(images, labels, epochs=90)     # raw images in [0, 255]
+    >>> clf.predict(images).shape
+    (N, 10)
+    """
+
+    backbone_cls = M3AEBackbone
+    preprocessor_cls = M3AEImageClassifierPreprocessor
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=None,
+        preprocessor=None,
+        pooling="token",
+        fine_tune_blocks=None,
+        image_size=None,
+        drop_path_rate=None,
+        activation=None,
+        head_dtype=None,
+        **kwargs,
+    ):
+        if num_classes is None:
+            raise ValueError(
+                "`num_classes` is missing: pass the number of classes, e.g. "
+                "`num_classes=10` (only a preset saved from a classifier "
+                "holds a head to restore)."
+            )
+        if pooling not in ("token", "mean"):
+            raise ValueError(f"`pooling` must be 'token' or 'mean'; got {pooling!r}.")
+        depth = backbone.num_layers
+        if fine_tune_blocks is not None and (
+            isinstance(fine_tune_blocks, bool)
+            or not isinstance(fine_tune_blocks, int)
+            or not 0 <= fine_tune_blocks <= depth
+        ):
+            raise ValueError(
+                f"`fine_tune_blocks={fine_tune_blocks!r}` is out of range for an "
+                f"encoder of depth {depth}: use 0 (linear probe), an int in "
+                f"[1, {depth}] (train the last k blocks), or None (full "
+                "fine-tuning)."
+            )
+        backbone = self._resized_backbone(backbone, image_size, drop_path_rate)
+        if preprocessor is not None:
+            converter = getattr(preprocessor, "image_converter", None)
+            if converter is not None:
+                converter.image_size = _pair(backbone.image_size)
+        compile_now = kwargs.pop("compile", True)
+        kwargs.setdefault("dtype", backbone.dtype_policy)
+        head_dtype = head_dtype or backbone.dtype_policy
+        Task.__init__(self, compile=False, **kwargs)
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        linear_probe = fine_tune_blocks == 0
+        if linear_probe:
+            self.head_norm = keras.layers.BatchNormalization(
+                center=False,
+                scale=False,
+                epsilon=1e-6,
+                momentum=0.9,
+                dtype=head_dtype,
+                name="head_norm",
+            )
+        else:
+            self.head_norm = None
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            activation=activation,
+            # MAE: trunc-normal 0.01 for the probe, 2e-5 for fine-tuning.
+            kernel_initializer=keras.initializers.TruncatedNormal(
+                stddev=0.01 if linear_probe else 2e-5
+            ),
+            dtype=head_dtype,
+            name="predictions",
+        )
+        feature_shape = (None, backbone.hidden_dim)
+        if self.head_norm is not None:
+            self.head_norm.build(feature_shape)
+        self.output_dense.build(feature_shape)
+        self.built = True
+
+        # === Config ===
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.fine_tune_blocks = fine_tune_blocks
+        self.activation = activation
+        self.dropout = 0.0
+        self._set_trainable()
+        if compile_now:
+            self.compile()
+
+    @staticmethod
+    def _resized_backbone(backbone, image_size, drop_path_rate):
+        changes = {}
+        if image_size is not None and _pair(image_size) != _pair(backbone.image_size):
+            changes["image_size"] = image_size
+            changes["pretrain_image_size"] = backbone.pretrain_image_size or backbone.image_size
+        if drop_path_rate is not None and drop_path_rate != backbone.drop_path_rate:
+            changes["drop_path_rate"] = drop_path_rate
+        if not changes:
+            return backbone
+        new = backbone.__class__.from_config({**backbone.get_config(), **changes})
+        new.set_weights(backbone.get_weights())
+        return new
+
+    def _set_trainable(self):
+        backbone = self.backbone
+        k = self.fine_tune_blocks
+        depth = len(backbone.encoder.blocks)
+        backbone.trainable = True
+        for layer in backbone.layers:
+            if layer is not backbone.encoder:
+                layer.trainable = k is None
+        if backbone.has_text:
+            # Never used for images; kept so the preset stays an M3AE.
+            backbone.token_embedding.trainable = False
+            backbone.text_position_type.trainable = False
+        for i, block in enumerate(backbone.encoder.blocks):
+            block.trainable = k is None or i >= depth - k
+        backbone.encoder.norm.trainable = k is None or k > 0
+
+    def image_features(self, images, training=False):
+        """Pooled encoder features `(B, hidden_dim)` of preprocessed images."""
+        backbone = self.backbone
+        if self.fine_tune_blocks == 0:
+            training = False  # a frozen encoder runs in inference mode
+        x = backbone.encode(backbone.embed_images(images), training=training)
+        if self.pooling == "token":
+            return x[:, 0]
+        return ops.mean(x[:, 1:], axis=1)
+
+    def call(self, inputs, training=None):
+        if isinstance(inputs, dict):
+            inputs = inputs["images"]
+        x = self.image_features(inputs, training=training)
+        if self.head_norm is not None:
+            x = self.head_norm(x, training=training)
+        return self.output_dense(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        metrics="auto",
+        batch_size=256,
+        epochs=None,
+        steps_per_epoch=None,
+        warmup_epochs=None,
+        base_learning_rate=None,
+        weight_decay=None,
+        layer_decay=None,
+        label_smoothing=None,
+        **kwargs,
+    ):
+        """Configures training with the papers' recipe for the protocol.
+
+        Linear probe (`fine_tune_blocks=0`): LARS (momentum 0.9, trust
+        0.001), base learning rate 0.1, no weight decay, 10 warmup epochs,
+        plain cross-entropy. Partial and full fine-tuning: AdamW (betas 0.9,
+        0.999), base learning rate 1e-3, weight decay 0.05 (not on biases,
+        norms, CLS/type vectors and embeddings), layer-wise learning-rate
+        decay 0.75, 5 warmup epochs, label smoothing 0.1. Mixup, CutMix and
+        RandAugment belong to the input pipeline
+        (`keras_m3ae.training.augment`); drop path to the backbone
+        (`drop_path_rate=0.1` in `from_preset`).
+
+        The learning rate is `base_learning_rate * batch_size / 256`: pass
+        the global `batch_size` you train with (the default 256 uses the
+        base rate as is). With `epochs` and `steps_per_epoch` the rate
+        follows a warmup + cosine schedule; otherwise it is constant.
+
+        Args:
+            optimizer: `"auto"` (the recipe) or a Keras optimizer; a given
+                optimizer still gets the weight-decay exclusions and, if
+                `layer_decay` is set, per-layer learning rates.
+            loss: `"auto"` (cross-entropy on logits taking integer or
+                mixed one-hot labels) or a Keras loss.
+            metrics: `"auto"` (top-1 accuracy) or a list of metrics.
+            batch_size: int. Global batch size, for the learning-rate scaling.
+            epochs: int. Training length, for the schedule.
+            steps_per_epoch: int. Optimizer steps per epoch, for the schedule.
+            warmup_epochs: float. Overrides the recipe's warmup.
+            base_learning_rate: float. Overrides the recipe's base rate.
+            weight_decay: float. Overrides the recipe's weight decay.
+            layer_decay: float in (0, 1]. Overrides the layer-wise decay
+                (fine-tuning; lightly pretrained models want 0.8-0.85).
+            label_smoothing: float. Overrides the recipe's smoothing.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
+        """
+        recipe = dict(LINEAR_PROBE_RECIPE if self.fine_tune_blocks == 0 else FINE_TUNE_RECIPE)
+        overrides = {
+            "base_learning_rate": base_learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "layer_decay": layer_decay,
+            "label_smoothing": label_smoothing,
+        }
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
+        if optimizer == "auto":
+            peak = scaled_learning_rate(recipe["base_learning_rate"], batch_size)
+            learning_rate = peak
+            if epochs is not None and steps_per_epoch is not None:
+                learning_rate = warmup_cosine_schedule(
+                    peak,
+                    epochs=epochs,
+                    warmup_epochs=min(recipe["warmup_epochs"], epochs / 2),
+                    steps_per_epoch=steps_per_epoch,
+                )
+            if self.fine_tune_blocks == 0:
+                optimizer = LARS(
+                    learning_rate,
+                    momentum=0.9,
+                    weight_decay=recipe["weight_decay"],
+                    trust_coefficient=0.001,
+                )
+            else:
+                optimizer = keras.optimizers.AdamW(
+                    learning_rate,
+                    weight_decay=recipe["weight_decay"],
+                    beta_1=0.9,
+                    beta_2=0.999,
+                )
+        optimizer = keras.optimizers.get(optimizer)
+        if recipe["layer_decay"] and recipe["layer_decay"] != 1 and self.fine_tune_blocks != 0:
+            optimizer = with_learning_rate_multipliers(
+                optimizer, layer_decay_multipliers(self.backbone, recipe["layer_decay"])
+            )
+        if getattr(optimizer, "weight_decay", None) and not optimizer.built:
+            optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
+        if loss == "auto":
+            from_logits = keras.activations.get(self.activation) != keras.activations.softmax
+            loss = ClassificationCrossentropy(
+                label_smoothing=recipe["label_smoothing"], from_logits=from_logits
+            )
+        if metrics == "auto":
+            metrics = [ClassificationAccuracy()]
+        Task.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def save_task_weights(self, filepath):
+        # Head only: optimizer state is training state, not part of a preset.
+        keras.saving.save_weights(
+            self,
+            filepath=filepath,
+            objects_to_skip=list(self.backbone._flatten_layers()) + self._optimizer_objects(),
+        )
+
+    def load_task_weights(self, filepath):
+        keras.saving.load_weights(
+            self,
+            filepath,
+            objects_to_skip=list(self.backbone._flatten_layers()) + self._optimizer_objects(),
+        )
+
+    def _optimizer_objects(self):
+        return [self.optimizer] if getattr(self, "optimizer", None) is not None else []
+
+    def no_weight_decay_variables(self):
+        """Backbone's no-decay variables plus the head's bias."""
+        head = [v for v in self.output_dense.weights if len(v.shape) <= 1]
+        return self.backbone.no_weight_decay_variables() + head
+
+    def get_config(self):
+        config = Task.get_config(self)
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "pooling": self.pooling,
+                "fine_tune_blocks": self.fine_tune_blocks,
+                "activation": keras.activations.serialize(self.activation)
+                if self.activation is not None
+                else None,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds a classifier from a backbone or classifier preset.
+
+        `preset` is a named architecture (`M3AEBackbone.presets`, randomly
+        initialised), a directory written by `M3AEBackbone.save_to_preset`
+        (pretrained encoder; give `num_classes`), or one written by
+        `M3AEImageClassifier.save_to_preset` (head and protocol restored;
+        passing `num_classes` starts a new head instead).
+
+        Args:
+            preset: name or directory.
+            load_weights: bool. Load the saved weights.
+            **kwargs: constructor arguments (`num_classes`,
+                `fine_tune_blocks`, `pooling`, `image_size`,
+                `drop_path_rate`...) and `dtype`.
+
+        Example:
+        >>> clf = M3AEImageClassifier.from_preset(
+        ...     "/tmp/m3ae_preset", num_classes=10, fine_tune_blocks=None,
+        ...     drop_path_rate=0.1, image_size=384)
+        """
+        if isinstance(preset, str) and preset in backbone_presets:
+            dtype = kwargs.pop("dtype", None)
+            backbone = M3AEBackbone.from_preset(preset, dtype=dtype)
+            if "preprocessor" not in kwargs:
+                kwargs["preprocessor"] = cls.preprocessor_cls(
+                    M3AEImageConverter(image_size=backbone.image_size)
+                )
+            return cls(backbone=backbone, **kwargs)
+        if "://" not in str(preset):
+            if not os.path.isdir(preset):
+                raise ValueError(
+                    f"Preset {preset!r} is neither a named architecture "
+                    f"({', '.join(backbone_presets)}) nor an existing directory."
+                )
+            required = ["config.json"] + (["model.weights.h5"] if load_weights else [])
+            missing = [f for f in required if not os.path.exists(os.path.join(preset, f))]
+            if missing:
+                raise ValueError(
+                    f"Preset directory {preset!r} is incomplete: missing {missing} "
+                    "(write presets with `save_to_preset`)."
+                )
+            has_head = os.path.exists(os.path.join(preset, "task.json"))
+            if not has_head and "num_classes" not in kwargs:
+                raise ValueError(
+                    f"Preset {preset!r} holds an encoder but no classification "
+                    "head: pass `num_classes`."
+                )
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)

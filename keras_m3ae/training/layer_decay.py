@@ -1,0 +1,187 @@
+"""Layer-wise learning-rate decay (BEiT / MAE fine-tuning), any optimizer.
+
+Fine-tuning a pretrained ViT, MAE and M3AE give block `i` (counted from the
+input) the learning rate `lr * decay ** (depth + 1 - layer_id)`. Layer ids come
+from the model's structure, not from variable names:
+
+- patch / text embeddings, CLS vector, position and type vectors: 0
+- transformer block `i`: `i + 1`
+- final norm and the classification head: `depth + 1` (full rate)
+
+With adaptive optimizers (Adam...) scaling the gradient does not scale the
+update, so the multiplier is applied to the learning rate of each variable
+inside the optimizer's per-variable `update_step` (and to its decoupled
+weight decay, as PyTorch parameter groups do). This works on JAX,
+TensorFlow and PyTorch alike.
+"""
+
+import keras
+from keras import ops
+
+
+def layer_ids(backbone):
+    """Maps every backbone variable to its layer id, from the structure.
+
+    Args:
+        backbone: an `M3AEBackbone` (anything with `encoder.blocks`,
+            `encoder.norm`, and embedding layers).
+
+    Returns:
+        `(ids, depth)`: `ids` a dict `id(variable) -> layer id`, `depth` the
+        number of blocks.
+
+    Raises:
+        ValueError: if a backbone variable belongs to none of the known parts
+            (a new layer must be given an id here rather than a silent one).
+    """
+    depth = len(backbone.encoder.blocks)
+    ids = {}
+    for i, block in enumerate(backbone.encoder.blocks):
+        for v in block.weights:
+            ids[id(v)] = i + 1
+    for v in backbone.encoder.norm.weights:
+        ids[id(v)] = depth + 1
+    embedding_layers = [
+        getattr(backbone, name, None)
+        for name in (
+            "patch_embedding",
+            "image_position_type",
+            "token_embedding",
+            "text_position_type",
+            "cls_token",
+        )
+    ]
+    for layer in embedding_layers:
+        if layer is not None:
+            for v in layer.weights:
+                ids[id(v)] = 0
+    unassigned = [v.path for v in backbone.weights if id(v) not in ids]
+    if unassigned:
+        raise ValueError(
+            f"No layer id for backbone variables {unassigned}; extend "
+            "`keras_m3ae.training.layer_ids` for them."
+        )
+    return ids, depth
+
+
+def layer_decay_multipliers(backbone, layer_decay):
+    """Learning-rate multiplier `decay ** (depth + 1 - id)` of each backbone variable.
+
+    Variables not in the backbone (the head) take multiplier 1.
+
+    Args:
+        backbone: an `M3AEBackbone`.
+        layer_decay: float in (0, 1], e.g. 0.75 (ViT-B), 0.8-0.85 for lightly
+            pretrained models.
+
+    Returns:
+        list of `(variable, multiplier)` pairs, in `backbone.weights` order.
+
+    Example:
+    >>> pairs = layer_decay_multipliers(backbone, 0.75)
+    >>> optimizer = with_learning_rate_multipliers(keras.optimizers.AdamW(1e-3), pairs)
+    """
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"`layer_decay` must be in (0, 1]; got {layer_decay}.")
+    ids, depth = layer_ids(backbone)
+    return [(v, float(layer_decay ** (depth + 1 - ids[id(v)]))) for v in backbone.weights]
+
+
+_CLASSES = {}
+
+
+def _public_base(cls):
+    # On torch, `keras.optimizers.AdamW()` returns a private fused subclass
+    # whose `_backend_update_step` never calls `update_step`; subclass the
+    # public class instead so every variable goes through `update_step`.
+    if cls.__module__.startswith("keras.src.backend."):
+        for base in cls.__mro__[1:]:
+            if base.__module__.startswith("keras.src.optimizers."):
+                return base
+    return cls
+
+
+def _multiplier_class(base):
+    base = _public_base(base)
+    if base in _CLASSES:
+        return _CLASSES[base]
+
+    class Multiplied(base):
+        def build(self, variables):
+            if self.built:
+                return
+            super().build(variables)
+            lookup = getattr(self, "_lr_multiplier_lookup", {})
+            self._lr_multipliers = [lookup.get(id(v), 1.0) for v in variables]
+
+        def _apply_weight_decay(self, variables):
+            # Done per variable in `update_step`, with the variable's rate.
+            return
+
+        def update_step(self, gradient, variable, learning_rate):
+            multiplier = self._lr_multipliers[self._get_variable_index(variable)]
+            if multiplier != 1.0:
+                learning_rate = learning_rate * multiplier
+            if self.weight_decay and self._use_weight_decay(variable):
+                rate = ops.cast(learning_rate, variable.dtype) * ops.cast(
+                    self.weight_decay, variable.dtype
+                )
+                self.assign(variable, variable - variable * rate)
+            super().update_step(gradient, variable, learning_rate)
+
+    Multiplied.__name__ = Multiplied.__qualname__ = f"LayerDecay{base.__name__}"
+    _CLASSES[base] = Multiplied
+    return Multiplied
+
+
+def with_learning_rate_multipliers(optimizer, multipliers):
+    """Returns a copy of `optimizer` whose learning rate is scaled per variable.
+
+    The copy is the same Keras optimizer class (AdamW, SGD, LARS...) with its
+    config and its weight-decay exclusions; each variable's update (and
+    decoupled weight decay) uses `learning_rate * multiplier`. Variables not
+    listed keep multiplier 1.
+
+    Args:
+        optimizer: an unbuilt Keras optimizer.
+        multipliers: list of `(variable, float)` pairs, or a dict keyed by
+            variable, e.g. from `layer_decay_multipliers`.
+
+    Returns:
+        A new, unbuilt optimizer.
+
+    Example:
+    >>> optimizer = with_learning_rate_multipliers(
+    ...     keras.optimizers.AdamW(1e-3, weight_decay=0.05),
+    ...     layer_decay_multipliers(classifier.backbone, 0.75))
+    """
+    if optimizer.built:
+        raise ValueError(
+            "Learning-rate multipliers must be set before the optimizer is built."
+        )
+    pairs = multipliers.items() if isinstance(multipliers, dict) else multipliers
+    cls = _multiplier_class(type(optimizer))
+    new = cls.from_config(optimizer.get_config())
+    for attribute in (
+        "_exclude_from_weight_decay",
+        "_exclude_from_weight_decay_pattern",
+        "_excluded_ids",
+    ):
+        if hasattr(optimizer, attribute):
+            setattr(new, attribute, getattr(optimizer, attribute))
+    new._lr_multiplier_lookup = {id(v): float(m) for v, m in pairs}
+    return new
+
+
+def learning_rate_multipliers(optimizer):
+    """The multiplier a `with_learning_rate_multipliers` optimizer uses per variable.
+
+    Args:
+        optimizer: a built optimizer from `with_learning_rate_multipliers`.
+
+    Returns:
+        dict `variable.path -> multiplier` over the variables it trains.
+    """
+    return {
+        v.path: m for v, m in zip(optimizer._trainable_variables, optimizer._lr_multipliers)
+    }

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 import keras_m3ae
-from keras_m3ae.models import M3AEImageConverter
+from keras_m3ae import demo
 from keras_m3ae.training.datasets import dataset_to_numpy
 from keras_m3ae.training.datasets import default_classification_data
 from keras_m3ae.training.datasets import tfds_classification_dataset
@@ -31,7 +31,8 @@ def parser(description):
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--pretrain_seconds", type=float, default=90.0)
+    p.add_argument("--pretrain_epochs", type=int, default=16,
+                   help="Epochs of the demo pretraining when no --preset is given.")
     p.add_argument("--num_examples", type=int, default=1024,
                    help="Size of the built-in dataset.")
     p.add_argument("--base_lr", type=float, default=None,
@@ -40,16 +41,12 @@ def parser(description):
     return p
 
 
-# The built-in demo runs the tiny M3AE at 32 px (16 patches) to fit a CPU.
-DEFAULT_IMAGE_SIZE = 32
-
-
 def load_default(num_examples, seed=0, train_fraction=0.75):
-    data = default_classification_data(
-        num_examples=num_examples, image_size=DEFAULT_IMAGE_SIZE, seed=seed
-    )
+    """The labelled shapes data (a different draw from the pretraining one)."""
+    data = default_classification_data(num_examples=num_examples, image_size=demo.IMAGE_SIZE,
+                                       max_text_length=demo.TEXT_LENGTH, seed=seed + 1)
     n = int(len(data["labels"]) * train_fraction)
-    print(f"data: {len(data['labels'])} labelled examples from {data['source']}")
+    print(f"data: {len(data['labels'])} labelled shapes, {n} to train, {len(data['labels']) - n} to test")
     return data, (data["images"][:n], data["labels"][:n]), (data["images"][n:], data["labels"][n:])
 
 
@@ -63,42 +60,25 @@ def load_tfds(name, data_dir, image_size, batch_size, augment=None, crop_scale=(
     return train, test, num_classes
 
 
-def quick_pretrain(data, seconds, batch_size=64, seed=0):
-    """Pretrains the tiny demo M3AE on images + captions for about `seconds`."""
-    keras.utils.set_random_seed(seed)
-    backbone = keras_m3ae.M3AEBackbone.from_preset(
-        "m3ae_vit_tiny_demo", image_size=DEFAULT_IMAGE_SIZE
-    )
-    pretrainer = keras_m3ae.M3AEPretrainer(
-        backbone, decoder_hidden_dim=128, decoder_num_layers=2, decoder_num_heads=4, seed=seed
-    )
-    pretrainer.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05, beta_1=0.9, beta_2=0.95)
-    )
-    converter = M3AEImageConverter(image_size=backbone.image_size)
-    images = keras.ops.convert_to_numpy(converter(data["images"].astype("float32")))
-    inputs = {
-        "images": images,
-        "token_ids": data["token_ids"][:, : backbone.max_text_length],
-        "padding_mask": data["padding_mask"][:, : backbone.max_text_length],
-    }
-    start, epochs = time.time(), 0
-    while time.time() - start < seconds:
-        history = pretrainer.fit(inputs, batch_size=batch_size, epochs=1, verbose=0)
-        epochs += 1
+def quick_pretrain(epochs, seed=0, num_examples=2048):
+    """Pretrains the demo's tiny M3AE (as `python -m keras_m3ae` does); returns its preset."""
+    directory = tempfile.mkdtemp(prefix="m3ae_pretrained_")
+    shards, vocabulary = demo.write_demo_data(directory, num_examples, seed=seed)
+    start = time.time()
+    pretrainer, history = demo.pretrain_demo(shards, vocabulary, num_examples, epochs=epochs,
+                                             seed=seed, verbose=2)
     logs = {k: round(float(v[-1]), 4) for k, v in history.history.items()}
     print(f"pretrained {epochs} epochs in {time.time() - start:.0f} s: {logs}")
-    path = os.path.join(tempfile.mkdtemp(prefix="m3ae_pretrained_"), "preset")
-    backbone.save_to_preset(path)
+    path = os.path.join(directory, "preset")
+    pretrainer.backbone.save_to_preset(path)
     return path
 
 
-def random_preset(seed=0):
+def random_preset(like, seed=0):
+    """A randomly initialised encoder of the same architecture as preset `like`."""
     keras.utils.set_random_seed(seed + 1)
     path = os.path.join(tempfile.mkdtemp(prefix="m3ae_random_"), "preset")
-    keras_m3ae.M3AEBackbone.from_preset(
-        "m3ae_vit_tiny_demo", image_size=DEFAULT_IMAGE_SIZE
-    ).save_to_preset(path)
+    keras_m3ae.M3AEBackbone.from_preset(like, load_weights=False).save_to_preset(path)
     return path
 
 

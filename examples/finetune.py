@@ -31,7 +31,7 @@ def main():
         args.epochs = args.epochs or 10
         data, train, test = load_default(args.num_examples, args.seed)
         num_classes = int(data["labels"].max()) + 1
-        preset = args.preset or quick_pretrain(data, args.pretrain_seconds, seed=args.seed)
+        preset = args.preset or quick_pretrain(args.pretrain_epochs, seed=args.seed)
     else:
         if args.preset is None:
             raise SystemExit("Give --preset: a pretrained backbone for this dataset.")

@@ -54,8 +54,8 @@ def main():
     if args.preset is None:
         if args.dataset != "default":
             raise SystemExit("Give --preset: a pretrained backbone for this dataset.")
-        pretrained = quick_pretrain(data, args.pretrain_seconds, seed=args.seed)
-        random = random_preset(args.seed)
+        pretrained = quick_pretrain(args.pretrain_epochs, seed=args.seed)
+        random = random_preset(pretrained, args.seed)
         acc_pre = probe(pretrained, train, test, num_classes, args)
         acc_rand = probe(random, train, test, num_classes, args)
         print(f"linear probe accuracy: pretrained {acc_pre:.3f}  random init {acc_rand:.3f}  "

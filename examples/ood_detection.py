@@ -5,7 +5,7 @@
         --preset /path/to/finetuned_or_pretrained_preset
 
 In-distribution: the dataset's classes (CIFAR-100 for the paper); out: CIFAR-10
-(with `--dataset cifar100`) or, for the built-in data, two of the four shape
+(with `--dataset cifar100`) or, for the built-in data, four of the eight shape
 classes held out of training. Mahalanobis scores use the frozen encoder's CLS
 features; max-softmax uses a linear probe trained on top. Prints AUROC.
 """
@@ -26,11 +26,11 @@ def main():
     if args.dataset == "default":
         args.epochs = args.epochs or 30
         data, (x_train, y_train), (x_test, y_test) = load_default(args.num_examples, args.seed)
-        inside = lambda y: y < 2  # noqa: E731  classes 0, 1 in; 2, 3 out
+        inside = lambda y: y < 4  # noqa: E731  shapes 0-3 in, 4-7 out
         x_in_train, y_in_train = x_train[inside(y_train)], y_train[inside(y_train)]
         x_in, x_out = x_test[inside(y_test)], x_test[~inside(y_test)]
-        num_classes = 2
-        preset = args.preset or quick_pretrain(data, args.pretrain_seconds, seed=args.seed)
+        num_classes = 4
+        preset = args.preset or quick_pretrain(args.pretrain_epochs, seed=args.seed)
         image_size = None
     else:
         if args.preset is None:

@@ -182,15 +182,15 @@ def test_tfds_pipelines_with_mock_data():
 
 
 def test_default_classification_data_is_labelled_consistently():
-    data = default_classification_data(num_examples=64, image_size=32, max_text_length=8, seed=1)
+    data = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
     assert data["images"].shape == (64, 32, 32, 3) and data["images"].dtype == np.uint8
-    assert set(np.unique(data["labels"])) <= {0, 1, 2, 3} and len(np.unique(data["labels"])) == 4
-    if "built-in" in data["source"]:
-        vocab = {}
-        with open(keras_m3ae.data.DEFAULT_VOCABULARY) as f:
-            vocab = {t.strip(): i for i, t in enumerate(f)}
-        shape_ids = [vocab[s] for s in ("circle", "square", "triangle", "cross")]
-        for ids, label in zip(data["token_ids"], data["labels"]):
-            assert shape_ids[label] in ids
-    again = default_classification_data(num_examples=64, image_size=32, max_text_length=8, seed=1)
+    names = keras_m3ae.data.SHAPE_CLASS_NAMES
+    assert data["labels"].min() >= 0 and data["labels"].max() < len(names)
+    assert len(np.unique(data["labels"])) >= 4
+    # Each caption names the labelled shape.
+    tokenizer = keras_m3ae.data.M3AETokenizer(max_text_length=16)
+    for ids, mask, label in zip(data["token_ids"], data["padding_mask"], data["labels"]):
+        name_ids, name_mask = tokenizer([names[label]])
+        assert set(name_ids[0][name_mask[0]]) <= set(ids[mask])
+    again = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
     np.testing.assert_array_equal(again["images"], data["images"])

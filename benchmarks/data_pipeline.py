@@ -198,7 +198,7 @@ def stage_costs(paths, args, repeats):
         (f"bicubic resize to {size} + clip", crops.map(lambda x: transforms._resize(x, size))),
         ("random flip", resized.map(
             lambda x: tf.image.stateless_random_flip_left_right(x, [1, 2]))),
-        ("normalise per image (before)", resized.map(transforms.normalize_image)),
+        ("normalise one image at a time", resized.map(transforms.normalize_image)),
         (f"batch {batch}", resized.batch(batch)),
         (f"batch {batch} + normalise per batch",
          resized.batch(batch).map(transforms.normalize_image)),
@@ -274,8 +274,9 @@ def main():
             values = np.array(values)
             ratio = "" if name == "ours" else (
                 f", ours / this: {np.median(ours / values):.2f}x (median of per-run ratios)")
+            per_cpu = np.median(values / np.array(cores_used[name]))
             print(f"  {name:28s} {np.median(values):5.0f} img/s{ratio}; "
-                  f"CPU/wall {np.median(cores_used[name]):.2f}")
+                  f"CPU/wall {np.median(cores_used[name]):.2f}, {per_cpu:.0f} img per CPU-second")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ optionally as `(x, labels)` when a label feature is requested. With
 
 The pipeline per host: list files -> keep this host's share -> parallel
 interleave over files (counting truncated files) -> optional cache ->
-shuffle -> one parallel map that parses, validates, decodes, augments and
-tokenizes (counting every skip) -> batch -> prefetch.
+shuffle -> one parallel map that parses, validates (straight-line checks,
+one counter update per example), decodes and augments -> batch -> one map
+that normalises the images and tokenizes the captions of the whole batch ->
+prefetch.
 """
 
 import concurrent.futures

@@ -12,6 +12,9 @@ from keras_m3ae import data
 MEAN = np.array(data.CC12M_MEAN, np.float32)
 STD = np.array(data.CC12M_STD, np.float32)
 
+# Pure tf.data / file work: runs once, not once per Keras backend.
+pytestmark = pytest.mark.backend_independent
+
 
 def encode(image, fmt="JPEG", **kwargs):
     buffer = io.BytesIO()

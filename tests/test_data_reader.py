@@ -51,6 +51,7 @@ def as_list(ds):
     return list(ds.as_numpy_iterator())
 
 
+@pytest.mark.backend_independent
 def test_constant_colour_is_normalised_exactly(tmp_path):
     color = np.array([200, 100, 50], np.uint8)
     path = write_records(
@@ -100,6 +101,7 @@ def test_batch_contract_and_tokens(tmp_path):
     assert ds.skip_counter.counts()["caption_empty"] == 1
 
 
+@pytest.mark.backend_independent
 def test_training_batches_are_static_and_reproducible(tmp_path):
     path = write_records(
         tmp_path / "a.tfrecord",
@@ -135,6 +137,7 @@ def test_tokenizer():
     assert graph_ids.tolist() == [7668, 0, 0, 0, 0, 0] and graph_mask.sum() == 1
 
 
+@pytest.mark.backend_independent
 def test_random_resized_crop_decodes_only_the_window():
     rng = np.random.default_rng(0)
     pixels = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
@@ -157,6 +160,7 @@ def test_random_resized_crop_decodes_only_the_window():
     assert float(tf.reduce_mean(tf.abs(other - got))) > 5.0
 
 
+@pytest.mark.backend_independent
 def test_center_crop_keeps_the_middle():
     pixels = solid([0, 0, 255], 20, 60)
     pixels[:, 20:40] = [255, 0, 0]  # the central 20x20 square is red
@@ -167,6 +171,7 @@ def test_center_crop_keeps_the_middle():
         np.testing.assert_allclose(center[..., 2], 0, atol=12)
 
 
+@pytest.mark.backend_independent
 def test_text_drop_rate(tmp_path):
     path = write_records(
         tmp_path / "a.tfrecord",
@@ -187,6 +192,7 @@ def test_text_drop_rate(tmp_path):
         data.image_text_dataset(path, text_drop_rate=1.5)
 
 
+@pytest.mark.backend_independent
 def test_labels(tmp_path):
     path = write_records(
         tmp_path / "a.tfrecord",
@@ -200,6 +206,7 @@ def test_labels(tmp_path):
     assert ds.skip_counter.counts()["label_missing"] == 1
 
 
+@pytest.mark.backend_independent
 def test_sharding_is_disjoint_and_complete(tmp_path):
     paths = [
         write_records(tmp_path / f"{f:05d}.tfrecord",
@@ -232,6 +239,7 @@ def test_default_shard_follows_backend():
         assert reader.default_shard() == (0, 1)
 
 
+@pytest.mark.backend_independent
 def test_missing_files_are_clear_errors(tmp_path):
     pattern = str(tmp_path / "nothing-*.tfrecord")
     with pytest.raises(ValueError, match="nothing-"):
@@ -242,6 +250,7 @@ def test_missing_files_are_clear_errors(tmp_path):
         data.image_text_dataset(str(tmp_path))
 
 
+@pytest.mark.backend_independent
 def test_image_only_and_text_only_sources(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -269,6 +278,7 @@ def test_image_only_and_text_only_sources(tmp_path):
     assert counts["text_empty_line"] == 1 and counts["caption_invalid_utf8"] == 1
 
 
+@pytest.mark.backend_independent
 def test_mixing_proportions(tmp_path):
     pairs_path = write_records(
         tmp_path / "p.tfrecord",
@@ -325,6 +335,7 @@ def test_trivial_model_fits_under_current_backend(tmp_path):
     assert np.isfinite(history.history["loss"]).all()
 
 
+@pytest.mark.backend_independent
 def test_shapes_dataset_is_deterministic(tmp_path):
     first = data.write_shapes_dataset(tmp_path / "a", num_examples=24, image_size=32,
                                       num_shards=3, seed=5)
@@ -348,3 +359,14 @@ def test_shapes_dataset_is_deterministic(tmp_path):
         assert data.SHAPE_CLASS_NAMES[label] in caption
         assert feature["width"].int64_list.value[0] == 32
         assert feature["status"].bytes_list.value[0] == b"success"
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("num_examples, num_shards", [(5, 4), (10, 4), (7, 3), (4, 4)])
+def test_shapes_dataset_writes_exactly_num_shards(tmp_path, num_examples, num_shards):
+    paths = data.write_shapes_dataset(tmp_path, num_examples=num_examples, image_size=8,
+                                      num_shards=num_shards)
+    assert [os.path.basename(p) for p in paths] == [f"{i:05d}.tfrecord" for i in range(num_shards)]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in paths]
+    sizes = [sum(1 for _ in tf.data.TFRecordDataset(p)) for p in paths]
+    assert sum(sizes) == num_examples and max(sizes) - min(sizes) <= 1

@@ -8,11 +8,15 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
 from keras_m3ae import data
 from keras_m3ae.data.__main__ import main
+
+# Pure tf.data / file work: runs once, not once per Keras backend.
+pytestmark = pytest.mark.backend_independent
 
 
 def encode(color, fmt="JPEG", size=(20, 10)):

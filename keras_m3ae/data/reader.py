@@ -15,8 +15,10 @@ optionally as `(x, labels)` when a label feature is requested. With
 
 The pipeline per host: list files -> keep this host's share -> parallel
 interleave over files (counting truncated files) -> optional cache ->
-shuffle -> one parallel map that parses, validates, decodes, augments and
-tokenizes (counting every skip) -> batch -> prefetch.
+shuffle -> one parallel map that parses, validates (straight-line checks,
+one counter update per example), decodes and augments -> batch -> one map
+that normalises the images and tokenizes the captions of the whole batch ->
+prefetch.
 """
 
 import concurrent.futures
@@ -208,8 +210,13 @@ def _read_files(files, read_fn, training, seed, deterministic, repeat, cache, sh
     return ds
 
 
-def _caption_checks(caption, counter, count):
-    """Valid UTF-8, non-empty caption (or ""), counting what was repaired."""
+def _caption_flags(caption):
+    """Valid UTF-8, non-empty caption (or ""), and what was wrong with it.
+
+    Returns:
+        `(caption, invalid, empty)`: the caption, or "" when it is not
+        UTF-8; whether it was not UTF-8; whether it is empty or blank.
+    """
     # Transcoding with replacement changes the bytes iff they are not UTF-8.
     transcoded = tf.strings.unicode_transcode(
         caption, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
@@ -218,12 +225,7 @@ def _caption_checks(caption, counter, count):
     empty = tf.logical_and(
         tf.logical_not(invalid), tf.equal(tf.strings.length(tf.strings.strip(caption)), 0)
     )
-    checks = [
-        counter.add_if(tf.logical_and(count, invalid), "caption_invalid_utf8"),
-        counter.add_if(tf.logical_and(count, empty), "caption_empty"),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.where(invalid, tf.constant(""), caption), tf.logical_or(invalid, empty)
+    return tf.where(invalid, tf.constant(""), caption), invalid, empty
 
 
 class _ExampleBuilder:
@@ -248,51 +250,54 @@ class _ExampleBuilder:
             image_bytes, caption, label = self.load_fn(tf.identity(raw))
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(index, tf.int64)])
 
+        # Validation is straight-line code (no per-check control flow): the
+        # format and end-of-image tests are evaluated on every example and
+        # combined with logical ops.
         missing = tf.equal(tf.strings.length(image_bytes), 0)
         fmt = transforms.image_format(image_bytes)
         unknown = tf.logical_and(tf.logical_not(missing), tf.equal(fmt, transforms.FORMAT_UNKNOWN))
         bad = tf.logical_or(missing, unknown)
         truncated = tf.logical_and(
-            tf.logical_not(bad),
-            tf.logical_not(
-                tf.cond(bad, lambda: tf.constant(False),
-                        lambda: transforms.is_complete_image(image_bytes, fmt))
-            ),
+            tf.logical_not(bad), tf.logical_not(transforms.is_complete_image(image_bytes, fmt))
         )
         bad = tf.logical_or(bad, truncated)
         no_label = tf.logical_and(tf.logical_not(bad), tf.less(label, 0)) if self.has_labels \
             else tf.constant(False)
-        checks = [
-            counter.add_if(missing, "image_missing"),
-            counter.add_if(unknown, "image_not_decodable"),
-            counter.add_if(truncated, "image_truncated"),
-            counter.add_if(no_label, "label_missing"),
-        ]
-        with tf.control_dependencies(checks):
-            ok = tf.logical_not(tf.logical_or(bad, no_label))
+        ok = tf.logical_not(tf.logical_or(bad, no_label))
 
         def decode():
             if self.training:
-                image = transforms.decode_random_resized_crop(image_bytes, self.image_size, seed, fmt)
-            else:
-                image = transforms.decode_center_crop(image_bytes, self.image_size, fmt)
-            return transforms.normalize_image(image)
+                return transforms.decode_random_resized_crop(
+                    image_bytes, self.image_size, seed, fmt)
+            return transforms.decode_center_crop(image_bytes, self.image_size, fmt)
 
         def blank():
             return tf.zeros([self.image_size, self.image_size, 3], tf.float32)
 
+        # Pixels stay in [0, 255] here; `finalize` normalises whole batches.
         images = tf.cond(ok, decode, blank)
         images = tf.ensure_shape(images, [self.image_size, self.image_size, 3])
 
-        caption, _ = _caption_checks(
-            caption, counter, tf.logical_and(ok, count_captions)
-        )
+        caption, invalid, empty = _caption_flags(caption)
+        count_caption = tf.logical_and(ok, count_captions)
         if self.text_drop_rate > 0:
             drop_seed = tf.random.experimental.stateless_fold_in(seed, 3)
             dropped = tf.random.stateless_uniform([], drop_seed) < self.text_drop_rate
             caption = tf.where(dropped, tf.constant(""), caption)
 
-        with tf.control_dependencies([images, caption]):
+        # All counts of this example in one update, once the image decoded
+        # (an example whose decoder fails counts as `image_decode_error`
+        # only).
+        with tf.control_dependencies([images]):
+            counted = counter.add_flags([
+                (missing, "image_missing"),
+                (unknown, "image_not_decodable"),
+                (truncated, "image_truncated"),
+                (no_label, "label_missing"),
+                (tf.logical_and(count_caption, invalid), "caption_invalid_utf8"),
+                (tf.logical_and(count_caption, empty), "caption_empty"),
+            ])
+        with tf.control_dependencies([counted, caption]):
             left = counter.leave_decoder()
         with tf.control_dependencies([left]):
             # Captions stay strings here; `finalize` tokenizes whole batches.
@@ -317,28 +322,33 @@ def _examples(raw, builder, deterministic):
     return ds.map(lambda ok, example, label: example)
 
 
-def _tokenize(ds, tokenizer):
-    """Replaces `captions` strings by `token_ids` and `padding_mask`."""
+def _prepare(ds, tokenizer, normalize_images):
+    """One map over batches: tokenizes `captions`, normalises `images`."""
 
-    def tokenize(x, *labels):
-        token_ids, padding_mask = tokenizer(x["captions"])
-        # Keep the static batch size through the tokenizer's ragged ops.
-        shape = x["has_image"].shape.concatenate([tokenizer.max_text_length])
-        token_ids = tf.ensure_shape(token_ids, shape)
-        padding_mask = tf.ensure_shape(padding_mask, shape)
-        out = {"images": x["images"], "token_ids": token_ids,
-               "padding_mask": padding_mask, "has_image": x["has_image"]}
+    def prepare(x, *labels):
+        out = dict(x)
+        if normalize_images:
+            out["images"] = transforms.normalize_image(x["images"])
+        if tokenizer is not None:
+            token_ids, padding_mask = tokenizer(out.pop("captions"))
+            # Keep the static batch size through the tokenizer's ragged ops.
+            shape = x["has_image"].shape.concatenate([tokenizer.max_text_length])
+            out = {"images": out["images"], "token_ids": tf.ensure_shape(token_ids, shape),
+                   "padding_mask": tf.ensure_shape(padding_mask, shape),
+                   "has_image": out["has_image"]}
         return (out, *labels) if labels else out
 
-    return ds.map(tokenize, num_parallel_calls=AUTOTUNE)
+    return ds.map(prepare, num_parallel_calls=AUTOTUNE)
 
 
 def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None,
-             tokenizer=None):
+             tokenizer=None, normalize_images=False):
     """Batches (static shapes when dropping the remainder), prefetches, sets options.
 
     With a `tokenizer`, `captions` strings are tokenized after batching:
-    WordPiece on a batch costs a fraction of the per-example cost.
+    WordPiece on a batch costs a fraction of the per-example cost. With
+    `normalize_images`, `images` in [0, 255] are normalised after batching
+    too (one vectorised multiply-add per batch); both happen in one map.
 
     Args:
         ds: a dataset of unbatched examples.
@@ -347,6 +357,8 @@ def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None,
         drop_remainder: bool or None (defaults to `training`).
         deterministic: bool or None (defaults to `not training`).
         tokenizer: `M3AETokenizer` or None. Tokenizes `captions`.
+        normalize_images: bool. Normalise `images` (pixels in [0, 255])
+            with `transforms.normalize_image`.
 
     Returns:
         A `tf.data.Dataset`.
@@ -358,8 +370,8 @@ def finalize(ds, batch_size, training, drop_remainder=None, deterministic=None,
     if batch_size is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder,
                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if tokenizer is not None:
-        ds = _tokenize(ds, tokenizer)
+    if tokenizer is not None or normalize_images:
+        ds = _prepare(ds, tokenizer, normalize_images)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
@@ -509,7 +521,7 @@ def image_text_dataset(
     )
     ds = _examples(raw, builder, deterministic)
     return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
-                            tokenizer), counter)
+                            tokenizer, normalize_images=True), counter)
 
 
 def image_dataset(
@@ -615,7 +627,7 @@ def image_dataset(
     # An image-only source has no captions to complain about.
     ds = _examples(raw, _NoCaptionCounting(builder), deterministic)
     return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
-                            tokenizer), counter)
+                            tokenizer, normalize_images=True), counter)
 
 
 class _NoCaptionCounting:
@@ -691,27 +703,18 @@ def text_dataset(
     tokenizer = _tokenizer(vocabulary, max_text_length)
 
     def build(line):
-        caption, missing = _caption_checks(line, _TextLineCounter(counter), tf.constant(True))
-        example = {
-            "images": tf.zeros([image_size, image_size, 3], tf.float32),
-            "captions": caption,
-            "has_image": tf.constant(False),
-        }
-        return tf.logical_not(missing), example
+        caption, invalid, empty = _caption_flags(line)
+        counted = counter.add_flags([(invalid, "caption_invalid_utf8"),
+                                     (empty, "text_empty_line")])
+        with tf.control_dependencies([counted]):
+            example = {
+                "images": tf.zeros([image_size, image_size, 3], tf.float32),
+                "captions": tf.identity(caption),
+                "has_image": tf.constant(False),
+            }
+            return tf.logical_not(tf.logical_or(invalid, empty)), example
 
     ds = raw.map(build, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.filter(lambda ok, example: ok).map(lambda ok, example: example)
     return _attach(finalize(ds, batch_size, training, drop_remainder, deterministic,
                             tokenizer), counter)
-
-
-class _TextLineCounter:
-    """Counts blank lines of text sources as skips, not caption repairs."""
-
-    def __init__(self, counter):
-        self.counter = counter
-
-    def add_if(self, condition, reason):
-        if reason == "caption_empty":
-            reason = "text_empty_line"
-        return self.counter.add_if(condition, reason)

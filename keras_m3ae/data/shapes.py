@@ -9,6 +9,7 @@ real data (img2dataset schema).
 """
 
 import io
+import itertools
 import math
 import os
 
@@ -154,7 +155,13 @@ def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=
                 "extra": {"label": label},
             }
 
-    per_shard = math.ceil(num_examples / num_shards)
-    summary = write_tfrecords(examples(), os.fspath(directory), per_shard, progress=progress,
-                              total=num_examples)
+    # Balanced shards: the first `num_examples % num_shards` get one more, so
+    # exactly `num_shards` files are written (5 over 4: 2, 1, 1, 1). One
+    # summary carries the shard numbering across the calls.
+    stream = examples()
+    summary = None
+    for shard in range(num_shards):
+        size = num_examples // num_shards + (shard < num_examples % num_shards)
+        summary = write_tfrecords(itertools.islice(stream, size), os.fspath(directory), size,
+                                  progress=progress, total=size, summary=summary)
     return summary.paths

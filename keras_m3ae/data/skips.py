@@ -104,6 +104,39 @@ class SkipCounter:
         with tf.control_dependencies([tf.cond(condition, _add, _noop)]):
             return tf.identity(condition)
 
+    def add_flags(self, flags):
+        """Adds one to each reason whose scalar bool condition is True.
+
+        One `assign_add` of a count vector per call, and a Python callback
+        (for logging) only when some condition holds: much cheaper per
+        example than one `add_if` per reason.
+
+        Args:
+            flags: list of `(condition, reason)` pairs; conditions are
+                scalar bool tensors, reasons are distinct `REASONS`.
+
+        Returns:
+            A scalar bool tensor, True when something was counted, to chain
+            control dependencies on.
+        """
+        reasons = [reason for _, reason in flags]
+        if len(set(reasons)) != len(reasons):
+            raise ValueError(f"Reasons must be distinct, got {reasons}.")
+        indices = tf.constant([[REASONS.index(reason)] for reason in reasons], tf.int64)
+        conditions = tf.stack([tf.convert_to_tensor(c, tf.bool) for c, _ in flags])
+        increments = tf.scatter_nd(indices, tf.cast(conditions, tf.int64), [len(REASONS)])
+        added = self._counts.assign_add(increments)
+        any_event = tf.reduce_any(conditions)
+
+        def _log():
+            tf.py_function(self._maybe_log, [], [])
+            return tf.constant(True)
+
+        with tf.control_dependencies([added]):
+            logged = tf.cond(any_event, _log, lambda: tf.constant(False))
+        with tf.control_dependencies([logged]):
+            return tf.identity(any_event)
+
     def add_now(self, reason, amount=1):
         """Adds `amount` to `reason` eagerly (outside `tf.data`)."""
         index = REASONS.index(reason)

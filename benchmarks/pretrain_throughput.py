@@ -125,13 +125,13 @@ def main():
 
     rows = []
     for backend in args.backends.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + [
-            a for a in sys.argv[1:] if not a.startswith("--backends")
-        ]
-        # Drop a "--backends X" pair given as two arguments.
-        if "--backends" in cmd:
-            i = cmd.index("--backends")
-            del cmd[i : i + 2]
+        forwarded, skip = [], False
+        for arg in sys.argv[1:]:
+            if skip or arg.startswith("--backends"):
+                skip = arg == "--backends"  # its value is the next argument
+                continue
+            forwarded.append(arg)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + forwarded
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         found = [json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

@@ -45,7 +45,10 @@ def test_layout_map_covers_blocks_embedding_and_head_once():
         # Raises if a path matched two patterns.
         layout = layout_map[variable.path]
         if layout is not None:
-            specs[variable.path.split("m3ae_pretrainer/")[-1]] = tuple(layout.axes)
+            # Decoder paths start with the pretrainer's (numbered) name.
+            path = variable.path
+            path = path[path.index("decoder/"):] if "decoder/" in path else path
+            specs[path] = tuple(layout.axes)
     expected_per_block = {
         "attention/qkv/kernel": ("batch", "model"),
         "attention/proj/kernel": ("model", "batch"),

@@ -11,6 +11,7 @@ from keras_m3ae.layers.embedding import ClassToken
 from keras_m3ae.layers.embedding import PatchEmbedding
 from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.transformer import TransformerStack
+from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
 
 
@@ -339,6 +340,18 @@ class M3AEBackbone(Backbone):
             }
         )
         return config
+
+    @classmethod
+    def get_layout_map(
+        cls, device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
+    ):
+        """`keras.distribution.LayoutMap` for model-parallel training.
+
+        See `keras_m3ae/models/m3ae/m3ae_distribution.py` for the layout.
+        """
+        return m3ae_distribution.backbone_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        )
 
     # --- Presets ---
 

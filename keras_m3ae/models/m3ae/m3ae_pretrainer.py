@@ -9,6 +9,7 @@ from keras_m3ae.layers.masking import num_kept
 from keras_m3ae.layers.masking import random_masking
 from keras_m3ae.layers.patching import patchify
 from keras_m3ae.layers.patching import unpatchify
+from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
@@ -271,6 +272,18 @@ class M3AEPretrainer(keras.Model):
     def evaluate(self, x=None, *args, **kwargs):
         self._check_data(x)
         return super().evaluate(x, *args, **kwargs)
+
+    @classmethod
+    def get_layout_map(
+        cls, device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
+    ):
+        """`keras.distribution.LayoutMap` for the backbone, decoder and heads.
+
+        See `keras_m3ae/models/m3ae/m3ae_distribution.py` for the layout.
+        """
+        return m3ae_distribution.pretrainer_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        )
 
     # --- Looking inside ---
 

@@ -267,6 +267,9 @@ class M3AEPretrainer(keras.Model):
 
     def fit(self, x=None, *args, **kwargs):
         self._check_data(x)
+        if hasattr(x, "element_spec"):
+            # Our pipelines shuffle already; Keras warns on shuffle=True for them.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):

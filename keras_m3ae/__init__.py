@@ -3,8 +3,12 @@
 from keras_m3ae import analysis
 from keras_m3ae import data
 from keras_m3ae import layers
+from keras_m3ae import training
 from keras_m3ae.models import M3AEBackbone
 from keras_m3ae.models import M3AEDecoder
+from keras_m3ae.models import M3AEImageClassifier
+from keras_m3ae.models import M3AEImageClassifierPreprocessor
+from keras_m3ae.models import M3AEImageConverter
 from keras_m3ae.models import M3AEPretrainer
 
 __version__ = "0.1.0"

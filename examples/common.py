@@ -31,7 +31,7 @@ def parser(description):
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--pretrain_epochs", type=int, default=16,
+    p.add_argument("--pretrain_epochs", type=int, default=30,
                    help="Epochs of the demo pretraining when no --preset is given.")
     p.add_argument("--num_examples", type=int, default=1024,
                    help="Size of the built-in dataset.")

@@ -1,6 +1,6 @@
 """Linear probe of an M3AE encoder (frozen encoder, BatchNorm + linear head, LARS).
 
-    python examples/linear_probe.py                       # built-in data, ~2 min CPU
+    python examples/linear_probe.py                       # built-in data, ~10 min on 2 CPU cores
     python examples/linear_probe.py --dataset cifar10 --data_dir ~/tensorflow_datasets \
         --preset /path/to/pretrained_preset --epochs 90 --batch_size 1024
 
@@ -11,6 +11,7 @@ initialised one, and both accuracies are printed.
 
 import time
 
+import keras
 import numpy as np
 
 from common import accuracy, load_default, load_tfds, parser, quick_pretrain, random_preset
@@ -18,13 +19,20 @@ from keras_m3ae.models import M3AEImageClassifier
 
 
 def probe(preset, train, test, num_classes, args, image_size=None):
+    keras.utils.set_random_seed(args.seed)
     clf = M3AEImageClassifier.from_preset(
         preset, num_classes=num_classes, fine_tune_blocks=0, image_size=image_size
     )
     if isinstance(train, tuple):
         steps = int(np.ceil(len(train[1]) / args.batch_size))
-        clf.compile(batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=steps,
-                    base_learning_rate=args.base_lr)
+        if args.dataset == "default":
+            # LARS (the papers' probe) is tuned for thousands of large-batch
+            # steps; 768 images give a few hundred small ones, in which it
+            # barely moves the head. Adam converges here.
+            clf.compile(optimizer=keras.optimizers.Adam(args.base_lr or 1e-3))
+        else:
+            clf.compile(batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=steps,
+                        base_learning_rate=args.base_lr)
         clf.fit(*train, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
         return accuracy(clf, *test)
     steps = int(train.cardinality())
@@ -38,10 +46,8 @@ def main():
     args = parser(__doc__).parse_args()
     start = time.time()
     if args.dataset == "default":
-        args.epochs = args.epochs or 50
-        # A few hundred LARS steps only move the head if the peak rate is
-        # MAE's ImageNet one (0.1 * 16384 / 256 = 6.4); scale the base to it.
-        args.base_lr = args.base_lr or 6.4 * 256 / args.batch_size
+        args.epochs = args.epochs or 100
+        args.batch_size = 64
         data, train, test = load_default(args.num_examples, args.seed)
         num_classes = int(data["labels"].max()) + 1
         image_size = None

@@ -194,3 +194,40 @@ def test_default_classification_data_is_labelled_consistently():
         assert set(name_ids[0][name_mask[0]]) <= set(ids[mask])
     again = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
     np.testing.assert_array_equal(again["images"], data["images"])
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.05])
+def test_torch_inplace_adam_matches_keras_update(weight_decay):
+    from keras_m3ae.training.torch_adam import use_inplace_update
+
+    rng = np.random.default_rng(0)
+    shapes = [(7, 5), (5,), (3, 4, 2)]
+    init = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(4)]
+    results, swapped = [], []
+    for inplace in (False, True):
+        variables = [keras.Variable(x) for x in init]
+        schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 3, 0.5)
+        if weight_decay:
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, beta_2=0.95)
+            optimizer.exclude_from_weight_decay(var_list=[variables[1]])
+        else:
+            optimizer = keras.optimizers.Adam(schedule)
+        if inplace:
+            swapped.append(use_inplace_update(optimizer))
+        for step in grads:
+            optimizer.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    # Swapped on torch only; the same update either way.
+    assert swapped == [keras.backend.backend() == "torch"]
+    for keras_update, inplace_update, start in zip(*results, init):
+        assert not np.allclose(keras_update, start)
+        np.testing.assert_allclose(inplace_update, keras_update, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_inplace_adam_left_alone_where_it_does_not_apply():
+    from keras_m3ae.training.torch_adam import use_inplace_update
+
+    assert not use_inplace_update(keras.optimizers.Adam(amsgrad=True))
+    assert not use_inplace_update(keras.optimizers.SGD())
+    assert not use_inplace_update(LARS(0.1))

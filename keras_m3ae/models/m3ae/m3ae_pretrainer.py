@@ -14,6 +14,7 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
+from keras_m3ae.training.torch_adam import use_inplace_update
 
 # Padding sorts after every real token: uniform noise lives in [0, 1).
 _PADDING_NOISE_OFFSET = 2.0
@@ -242,7 +243,10 @@ class M3AEPretrainer(keras.Model):
         `optimizer="auto"` is AdamW(1.5e-4, weight_decay=0.05, betas
         (0.9, 0.95)) (scale the learning rate by batch/256 yourself). For any
         optimizer with weight decay, biases, norms, CLS/type/mask vectors and
-        embeddings are excluded from decay, as in the papers.
+        embeddings are excluded from decay, as in the papers. On the torch
+        backend a Keras `Adam`/`AdamW` gets an in-place update of the same
+        formula (`keras_m3ae.training.torch_adam`): Keras's own materialises
+        several model-sized temporaries per step.
 
         Args:
             optimizer: `"auto"` or a Keras optimizer.
@@ -256,6 +260,7 @@ class M3AEPretrainer(keras.Model):
         optimizer = keras.optimizers.get(optimizer)
         if getattr(optimizer, "weight_decay", None) and not optimizer.built:
             optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
+        use_inplace_update(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _check_data(self, x):

@@ -1,8 +1,11 @@
 import csv
 import importlib.util
 import os
+import re
+import sys
 
 import numpy as np
+import pytest
 
 from conftest import tiny_backbone
 
@@ -33,3 +36,20 @@ def test_pretrain_example_trains_saves_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.parametrize("name", ["linear_probe", "finetune", "ood_detection"])
+def test_classification_examples_on_tfds(name, tmp_path, monkeypatch, capsys):
+    import tensorflow_datasets as tfds
+
+    preset = str(tmp_path / "tiny")
+    tiny_backbone(image_size=16, patch_size=4).save_to_preset(preset)
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    monkeypatch.setattr(sys, "argv", [name, "--dataset", "cifar10", "--preset", preset,
+                                      "--epochs", "1", "--batch_size", "4", "--image_size", "16"])
+    with tfds.testing.mock_data(num_examples=8):
+        load_example(name).main()
+    out = capsys.readouterr().out
+    printed = re.findall(r"(?:accuracy|AUROC[^:]*):\s*([0-9.]+)", out)
+    assert printed, out
+    assert all(0.0 <= float(v) <= 1.0 for v in printed)

@@ -130,7 +130,7 @@ def main():
     if args.stock_adam:
         stock = common.build(args.size, text=False, image_mask_ratio=args.mask_ratio)
         stock.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
-        # Undo `keras_m3ae.training.torch_adam.use_inplace_update`.
+        # Undo `keras_m3ae.optimizers.torch_adam.use_inplace_update`.
         stock.optimizer.__dict__.pop("_parallel_update_step", None)
         steps["stock"] = our_phases(stock, data)
     print(f"size {args.size}, batch {args.batch}, mask {args.mask_ratio}, torch "

@@ -198,7 +198,7 @@ def test_default_classification_data_is_labelled_consistently():
 
 @pytest.mark.parametrize("weight_decay", [None, 0.05])
 def test_torch_inplace_adam_matches_keras_update(weight_decay):
-    from keras_m3ae.training.torch_adam import use_inplace_update
+    from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
     rng = np.random.default_rng(0)
     shapes = [(7, 5), (5,), (3, 4, 2)]
@@ -226,7 +226,7 @@ def test_torch_inplace_adam_matches_keras_update(weight_decay):
 
 
 def test_torch_inplace_adam_left_alone_where_it_does_not_apply():
-    from keras_m3ae.training.torch_adam import use_inplace_update
+    from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
     assert not use_inplace_update(keras.optimizers.Adam(amsgrad=True))
     assert not use_inplace_update(keras.optimizers.SGD())

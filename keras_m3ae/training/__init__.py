@@ -1,11 +1,15 @@
-"""Training aids: optimizers, learning-rate rules, augmentation, datasets."""
+"""Training aids: augmentation and classification datasets.
 
-from keras_m3ae.training.lars import LARS
-from keras_m3ae.training.layer_decay import layer_decay_multipliers
-from keras_m3ae.training.layer_decay import layer_ids
-from keras_m3ae.training.layer_decay import learning_rate_multipliers
-from keras_m3ae.training.layer_decay import with_learning_rate_multipliers
-from keras_m3ae.training.schedules import scaled_learning_rate
-from keras_m3ae.training.schedules import warmup_cosine_schedule
-from keras_m3ae.training.losses import ClassificationAccuracy
-from keras_m3ae.training.losses import ClassificationCrossentropy
+The optimizers, schedules and losses live in `keras_m3ae.optimizers` (below
+the models, whose `compile()` uses them) and are re-exported here.
+"""
+
+from keras_m3ae.optimizers import LARS
+from keras_m3ae.optimizers import ClassificationAccuracy
+from keras_m3ae.optimizers import ClassificationCrossentropy
+from keras_m3ae.optimizers import layer_decay_multipliers
+from keras_m3ae.optimizers import layer_ids
+from keras_m3ae.optimizers import learning_rate_multipliers
+from keras_m3ae.optimizers import scaled_learning_rate
+from keras_m3ae.optimizers import warmup_cosine_schedule
+from keras_m3ae.optimizers import with_learning_rate_multipliers

@@ -13,13 +13,13 @@ from keras_m3ae.models.m3ae.m3ae_image_classifier_preprocessor import (
 )
 from keras_m3ae.models.m3ae.m3ae_image_converter import M3AEImageConverter
 from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
-from keras_m3ae.training.layer_decay import layer_decay_multipliers
-from keras_m3ae.training.layer_decay import with_learning_rate_multipliers
-from keras_m3ae.training.lars import LARS
-from keras_m3ae.training.losses import ClassificationAccuracy
-from keras_m3ae.training.losses import ClassificationCrossentropy
-from keras_m3ae.training.schedules import scaled_learning_rate
-from keras_m3ae.training.schedules import warmup_cosine_schedule
+from keras_m3ae.optimizers.layer_decay import layer_decay_multipliers
+from keras_m3ae.optimizers.layer_decay import with_learning_rate_multipliers
+from keras_m3ae.optimizers.lars import LARS
+from keras_m3ae.optimizers.losses import ClassificationAccuracy
+from keras_m3ae.optimizers.losses import ClassificationCrossentropy
+from keras_m3ae.optimizers.schedules import scaled_learning_rate
+from keras_m3ae.optimizers.schedules import warmup_cosine_schedule
 
 # Recipes (M3AE Table 3/4, MAE Tables 8/9, MAE efficiency study).
 LINEAR_PROBE_RECIPE = {

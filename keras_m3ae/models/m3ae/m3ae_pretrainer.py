@@ -14,7 +14,7 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
-from keras_m3ae.training.torch_adam import use_inplace_update
+from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
 # Padding sorts after every real token: uniform noise lives in [0, 1).
 _PADDING_NOISE_OFFSET = 2.0
@@ -245,7 +245,7 @@ class M3AEPretrainer(keras.Model):
         optimizer with weight decay, biases, norms, CLS/type/mask vectors and
         embeddings are excluded from decay, as in the papers. On the torch
         backend a Keras `Adam`/`AdamW` gets an in-place update of the same
-        formula (`keras_m3ae.training.torch_adam`): Keras's own materialises
+        formula (`keras_m3ae.optimizers.torch_adam`): Keras's own materialises
         several model-sized temporaries per step.
 
         Args:

@@ -59,7 +59,7 @@ def layer_ids(backbone):
     if unassigned:
         raise ValueError(
             f"No layer id for backbone variables {unassigned}; extend "
-            "`keras_m3ae.training.layer_ids` for them."
+            "`keras_m3ae.optimizers.layer_ids` for them."
         )
     return ids, depth
 

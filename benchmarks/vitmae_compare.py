@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 

@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from keras_m3ae import data
+from records import serialize_example as example
+from records import write_records as write
 
 MEAN = np.array(data.CC12M_MEAN, np.float32)
 STD = np.array(data.CC12M_STD, np.float32)
@@ -20,24 +21,6 @@ def encode(image, fmt="JPEG", **kwargs):
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
-
-
-def example(**features):
-    feature = {}
-    for name, value in features.items():
-        if isinstance(value, int):
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-        else:
-            value = value.encode() if isinstance(value, str) else value
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def write(path, records):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in records:
-            writer.write(record)
-    return str(path)
 
 
 def rgb(color, size=(40, 30)):

@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_hub
+import records
 from keras_m3ae import data
 from keras_m3ae.data import reader
 from keras_m3ae.data import transforms
@@ -33,18 +34,7 @@ def solid(color, height=30, width=40):
 
 def write_records(path, features_list):
     """Writes raw tf.train.Examples; values: bytes/str -> bytes, int -> int64."""
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for features in features_list:
-            feature = {}
-            for name, value in features.items():
-                if isinstance(value, int):
-                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-                else:
-                    value = value.encode() if isinstance(value, str) else value
-                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-            example = tf.train.Example(features=tf.train.Features(feature=feature))
-            writer.write(example.SerializeToString())
-    return str(path)
+    return records.write_records(path, [records.serialize_example(**f) for f in features_list])
 
 
 def as_list(ds):

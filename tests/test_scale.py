@@ -3,7 +3,6 @@ gradient accumulation and clipping with `M3AEPretrainer`."""
 
 import keras
 import numpy as np
-import pytest
 from keras import ops
 
 import keras_m3ae

@@ -15,7 +15,6 @@ weight decay, as PyTorch parameter groups do). This works on JAX,
 TensorFlow and PyTorch alike.
 """
 
-import keras
 from keras import ops
 
 

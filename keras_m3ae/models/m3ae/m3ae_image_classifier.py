@@ -8,6 +8,7 @@ from keras_hub.models import ImageClassifier
 from keras_hub.models import Task
 
 from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
+from keras_m3ae.models.m3ae.m3ae_backbone import _pair
 from keras_m3ae.models.m3ae.m3ae_image_classifier_preprocessor import (
     M3AEImageClassifierPreprocessor,
 )
@@ -36,10 +37,6 @@ FINE_TUNE_RECIPE = {
     "layer_decay": 0.75,
     "label_smoothing": 0.1,
 }
-
-
-def _pair(size):
-    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")

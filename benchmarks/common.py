@@ -33,10 +33,16 @@ VOCABULARY_SIZE = 30522
 MAX_TEXT_LENGTH = 64
 
 
-def build(size, text=True, image_mask_ratio=0.75, dtype=None, seed=0):
-    """An `M3AEPretrainer` (M3AE, or MAE when `text=False`) of a named size."""
+def build(size, text=True, image_mask_ratio=0.75, dtype=None, seed=0, decoder_layers=None):
+    """An `M3AEPretrainer` (M3AE, or MAE when `text=False`) of a named size.
+
+    `decoder_layers` overrides the size's decoder depth (MAE's ablation uses
+    1 and 8 blocks).
+    """
     config = dict(SIZES[size])
     decoder = config.pop("decoder")
+    if decoder_layers is not None:
+        decoder = (decoder[0], decoder_layers, decoder[2])
     keras.utils.set_random_seed(seed)
     backbone = keras_m3ae.M3AEBackbone(
         vocabulary_size=VOCABULARY_SIZE if text else None,
@@ -114,6 +120,25 @@ def train_step_flops(pretrainer):
         "decoder": 3 * decoder,
         "total": 3 * (encoder + decoder),
     }
+
+
+def set_threads(n):
+    """Limits the backend's CPU compute threads to `n` (call before any op).
+
+    On a shared CPU, torch's OpenMP barriers make multi-threaded timings
+    swing wildly; one thread gives stable figures. JAX's XLA CPU pool has no
+    public knob: pin the process instead (`taskset -c 0 ...`).
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
 def device_kind():

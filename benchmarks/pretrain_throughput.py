@@ -29,13 +29,17 @@ def worker(args):
     import keras
     import numpy as np
 
-    peak, peak_best = common.matmul_peak_flops(args.matmul_size)
+    if args.threads:
+        common.set_threads(args.threads)
+    # The peak in the dtype the matmuls run in: bfloat16 under mixed_bfloat16.
+    matmul_dtype = "bfloat16" if args.dtype and "bfloat16" in args.dtype else "float32"
+    peak, peak_best = common.matmul_peak_flops(args.matmul_size, dtype=matmul_dtype)
     results = []
     for size in args.sizes.split(","):
         for ratio in [float(r) for r in args.mask_ratios.split(",")]:
             common.reset_peak_memory()
             pretrainer = common.build(size, text=not args.mae, image_mask_ratio=ratio,
-                                      dtype=args.dtype)
+                                      dtype=args.dtype, decoder_layers=args.decoder_layers)
             pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-4))
             data = common.batch(pretrainer, args.batch)
             median, best, _ = common.time_calls(
@@ -48,6 +52,8 @@ def worker(args):
                 "size": size,
                 "model": "mae" if args.mae else "m3ae",
                 "mask_ratio": ratio,
+                "decoder_layers": pretrainer.decoder_num_layers,
+                "threads": args.threads,
                 "batch": args.batch,
                 "step_s": median,
                 "step_s_min": best,
@@ -117,6 +123,10 @@ def main():
     parser.add_argument("--mae", action="store_true", help="image-only MAE, not M3AE")
     parser.add_argument("--dtype", default=None, help="e.g. mixed_bfloat16")
     parser.add_argument("--split", action="store_true", help="time encoder vs decoder forward")
+    parser.add_argument("--decoder-layers", type=int, default=None,
+                        help="override the decoder depth (MAE ablates 1 vs 8)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per backend (torch.set_num_threads, TF thread pools)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -12,7 +12,9 @@ image before cropping:
   bad-data handling at all;
 - "same pipeline, full decode": `image_text_dataset` itself with only the
   crop-aware decode swapped for decode-then-crop, so the ratio measures the
-  decode strategy alone.
+  decode strategy alone;
+- "ours without DCT scaling": `image_text_dataset(jpeg_dct_scaling=False)`,
+  crop-aware but always at full resolution (the share of the DCT scaling).
 
 Pipelines are timed in alternation, `--repeats` times; medians are printed.
 `--stages` also prints the cost of each stage in isolation (one thread, data
@@ -76,18 +78,23 @@ def write_shards(directory, num_images, width, height, num_shards=8):
 
 
 def full_decode_crop(image_bytes, crop_seed):
-    """Decodes the whole image, then cuts the RandomResizedCrop window."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    """Decodes the whole JPEG (same IDCT as ours), then cuts the RandomResizedCrop window."""
+    image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method=transforms.JPEG_DCT_METHOD)
     window = transforms._sample_crop_window(tf.shape(image), crop_seed)
     return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
 
 
-def full_decode_random_resized_crop(image_bytes, image_size, seed, fmt=None):
-    """`transforms.decode_random_resized_crop` with decode-then-crop for every format."""
+def full_decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct_scaling=None):
+    """`transforms.decode_random_resized_crop` with decode-then-crop for every format.
+
+    Same crop window, flip (of the uint8 crop) and resize; only the decode
+    differs: the whole image at full resolution, whatever `dct_scaling` says.
+    """
     crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     flip_seed = tf.random.experimental.stateless_fold_in(seed, 2)
-    image = transforms._resize(full_decode_crop(image_bytes, crop_seed), image_size)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+    crop = tf.image.stateless_random_flip_left_right(
+        full_decode_crop(image_bytes, crop_seed), flip_seed)
+    return transforms._resize(crop, image_size)
 
 
 @contextlib.contextmanager
@@ -101,11 +108,11 @@ def full_decode_in_library():
         transforms.decode_random_resized_crop = original
 
 
-def library_dataset(paths, args, full_decode=False):
+def library_dataset(paths, args, full_decode=False, dct_scaling=True):
     with full_decode_in_library() if full_decode else contextlib.nullcontext():
         return data.image_text_dataset(
             paths, image_size=args.image_size, batch_size=args.batch_size, training=True,
-            shuffle_buffer=256, seed=0)
+            shuffle_buffer=256, seed=0, jpeg_dct_scaling=dct_scaling)
 
 
 def plain_dataset(paths, args):
@@ -172,9 +179,9 @@ def stage_costs(paths, args, repeats):
         return tf.random.experimental.stateless_fold_in(
             tf.stack([tf.constant(0, tf.int64), index]), 1)
 
-    def crop_window(index, jpeg):
+    def crop_window(index, jpeg, dct_scaling=True):
         window = transforms._sample_crop_window(tf.image.extract_jpeg_shape(jpeg), seed(index))
-        return tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+        return transforms.decode_jpeg_window(jpeg, window, size, dct_scaling)
 
     def checks(index, jpeg, caption):
         fmt = transforms.image_format(jpeg)
@@ -185,18 +192,25 @@ def stage_costs(paths, args, repeats):
                                   (invalid, "caption_invalid_utf8"),
                                   (empty, "caption_empty")])
 
-    crops = items.map(lambda i, j, c, r: crop_window(i, j)).cache()
+    crops = items.map(lambda i, j, c, r: crop_window(i, j, dct_scaling=False)).cache()
+    scaled_crops = items.map(lambda i, j, c, r: crop_window(i, j)).cache()
     resized = crops.map(lambda x: transforms._resize(x, size)).cache()
     tokenizer = M3AETokenizer(max_text_length=64)
     stages = [
         ("empty map (per-element overhead)", items.map(lambda i, j, c, r: i)),
         ("parse tf.train.Example", items.map(lambda i, j, c, r: load(r))),
         ("checks + skip counting", items.map(lambda i, j, c, r: checks(i, j, c))),
-        ("decode crop window (ours)", items.map(lambda i, j, c, r: crop_window(i, j))),
+        ("decode crop window, DCT scaling (ours)",
+         items.map(lambda i, j, c, r: crop_window(i, j))),
+        ("decode crop window, full resolution",
+         items.map(lambda i, j, c, r: crop_window(i, j, dct_scaling=False))),
         ("decode full image, crop (baseline)",
          items.map(lambda i, j, c, r: full_decode_crop(j, seed(i)))),
-        (f"bicubic resize to {size} + clip", crops.map(lambda x: transforms._resize(x, size))),
-        ("random flip", resized.map(
+        (f"bicubic resize to {size} + clip (full-res crops)",
+         crops.map(lambda x: transforms._resize(x, size))),
+        (f"bicubic resize to {size} + clip (DCT-scaled crops)",
+         scaled_crops.map(lambda x: transforms._resize(x, size))),
+        ("random flip of the uint8 crop", crops.map(
             lambda x: tf.image.stateless_random_flip_left_right(x, [1, 2]))),
         ("normalise one image at a time", resized.map(transforms.normalize_image)),
         (f"batch {batch}", resized.batch(batch)),
@@ -216,7 +230,7 @@ def stage_costs(paths, args, repeats):
             for _ in ds:
                 pass
             times.append((time.perf_counter() - start) / count * 1e3)
-        print(f"  {name:40s} {np.median(times):6.3f} ms/img", flush=True)
+        print(f"  {name:48s} {np.median(times):6.3f} ms/img", flush=True)
 
 
 def main():
@@ -254,6 +268,8 @@ def main():
         label = "1 core" if threads else f"all cores ({len(os.sched_getaffinity(0))})"
         pipelines = {
             "ours": with_threads(library_dataset(paths, args), threads),
+            "ours without DCT scaling": with_threads(
+                library_dataset(paths, args, dct_scaling=False), threads),
             "same pipeline, full decode": with_threads(
                 library_dataset(paths, args, full_decode=True), threads),
             "plain full-decode baseline": with_threads(plain_dataset(paths, args), threads),

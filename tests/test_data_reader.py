@@ -151,6 +151,58 @@ def test_random_resized_crop_decodes_only_the_window():
     assert float(tf.reduce_mean(tf.abs(other - got))) > 5.0
 
 
+def smooth_scene(height, width, seed=0):
+    """A photo-like image: gradients and a few solid rectangles."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([255 * x / width, 255 * y / height, 128 + 0 * x], -1)
+    for _ in range(6):
+        top, left = rng.integers(0, height - 40), rng.integers(0, width - 40)
+        pixels[top:top + rng.integers(20, height // 2), left:left + rng.integers(20, width // 2)] = \
+            rng.integers(0, 255, 3)
+    return pixels.astype(np.uint8)
+
+
+@pytest.mark.backend_independent
+def test_dct_scaling_decodes_large_windows_small():
+    # A 640x512 window resized to 32 is decoded at 1/8 scale (side >= 8 x 32);
+    # the result must match a full-resolution decode downscaled with an
+    # antialiasing (area) filter, window offsets included.
+    pixels = smooth_scene(512, 640)
+    jpeg = tf.constant(encode(pixels, quality=95))
+    reference = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3)[:, 64:576], [32, 32], "area")
+    scaled = transforms.decode_center_crop(jpeg, 32)
+    assert float(tf.reduce_mean(tf.abs(scaled - reference))) < 3.0
+    # The window at reduced scale: a shifted or mis-scaled window misses.
+    window = tf.constant([96, 160, 256, 320], tf.int32)
+    full = tf.io.decode_jpeg(jpeg, channels=3)[96:352, 160:480]
+    for image_size, scale in ((200, 1), (128, 2), (64, 4), (32, 8), (16, 8)):
+        part = transforms.decode_jpeg_window(jpeg, window, image_size)
+        assert part.shape[:2] == (256 // scale, 320 // scale)
+        expected = tf.image.resize(full, part.shape[:2], "area")
+        assert float(tf.reduce_mean(tf.abs(tf.cast(part, tf.float32) - expected))) < 3.0
+    # Random crops: the same window and flip with and without DCT scaling.
+    seed = tf.constant([5, 6], tf.int64)
+    fast = transforms.decode_random_resized_crop(jpeg, 48, seed)
+    exact = transforms.decode_random_resized_crop(jpeg, 48, seed, dct_scaling=False)
+    assert float(tf.reduce_mean(tf.abs(fast - exact))) < 4.0
+    other = transforms.decode_random_resized_crop(jpeg, 48, seed + 1)
+    assert float(tf.reduce_mean(tf.abs(other - fast))) > 10.0
+
+
+@pytest.mark.backend_independent
+def test_dct_scaling_antialiases():
+    # Pixel noise downscaled 16x: DCT scaling averages blocks (little noise
+    # left), a plain bicubic resize samples a few pixels (aliasing).
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    jpeg = tf.constant(encode(np.repeat(noise[..., None], 3, -1), quality=100))
+    scaled = transforms.decode_center_crop(jpeg, 32).numpy()
+    plain = transforms.decode_center_crop(jpeg, 32, dct_scaling=False).numpy()
+    assert abs(scaled.mean() - noise.mean()) < 4.0
+    assert scaled.std() < 0.3 * plain.std()
+    assert plain.std() > 30.0
+
+
 @pytest.mark.backend_independent
 def test_jpeg_decoding_matches_pil(tmp_path):
     # TensorFlow's default (fast) IDCT is off by about a grey level on average

@@ -129,3 +129,27 @@ def test_layer_config_round_trip(layer):
 def test_stack_drop_path_grows_linearly():
     stack = layers.TransformerStack(3, 16, 2, drop_path_rate=0.2)
     assert [b.drop_path_rate for b in stack.blocks] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_token_dense_equals_dense_on_sequences():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4)).astype("float32")
+    dense = keras.layers.Dense(3, activation="gelu")
+    token_dense = layers.TokenDense(3, activation="gelu")
+    dense.build((None, None, 4))
+    token_dense.build((None, None, 4))
+    token_dense.set_weights([w + 0.5 for w in dense.get_weights()])
+    dense.set_weights(token_dense.get_weights())
+    expected = np.asarray(ops.convert_to_numpy(dense(x)))
+    got = ops.convert_to_numpy(token_dense(x))
+    assert got.shape == (2, 5, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Reference: gelu(x @ W + b) by hand, and rank-2 inputs go straight through.
+    kernel, bias = token_dense.get_weights()
+    np.testing.assert_allclose(
+        got[1, 2], ops.convert_to_numpy(ops.gelu(x[1, 2] @ kernel + bias, approximate=False)),
+        rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(token_dense(x[0])), got[0], rtol=1e-5, atol=1e-6)
+    restored = layers.TokenDense.from_config(token_dense.get_config())
+    assert isinstance(restored, layers.TokenDense) and restored.units == 3

@@ -3,7 +3,8 @@
 Training: RandomResizedCrop (scale (0.2, 1.0), ratio (3/4, 4/3)), bicubic
 resize and a random horizontal flip, as in MAE and M3AE. For JPEG only the
 crop window is decoded (`tf.image.decode_and_crop_jpeg`), which saves most of
-the decoding work for small crops. Evaluation: resize the shorter side and
+the decoding work for small crops, and a window much larger than the output
+is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling). Evaluation: resize the shorter side and
 take the center square, bicubic. Every format ends as RGB (grayscale, RGBA,
 CMYK JPEG, PNG, GIF, BMP, WebP), then is scaled to [0, 1] and normalised with
 the CC12M statistics.
@@ -139,14 +140,65 @@ def _resize(image, image_size):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None):
+# Scales at which libjpeg can decode (inverse DCT at 1/2, 1/4, 1/8 size).
+_JPEG_SCALES = (1, 2, 4, 8)
+
+
+def decode_jpeg_window(image_bytes, window, image_size, dct_scaling=True):
+    """Decodes only `window` of a JPEG, at reduced scale when it is large.
+
+    With `dct_scaling`, a window at least 2, 4 or 8 times `image_size` on
+    both sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's scaled
+    inverse DCT (each output pixel averages a block of input pixels), never
+    below `image_size`. That is several times faster on large photos, and
+    the averaging is an antialiasing filter: a plain bicubic resize by more
+    than 2x samples too few input pixels and aliases (PIL's resize in the
+    PyTorch recipes antialiases too). Without it the window is decoded at
+    full resolution.
+
+    Args:
+        image_bytes: scalar tf.string tensor, JPEG bytes.
+        window: int32 tensor `(offset_y, offset_x, height, width)` in pixels
+            of the full-resolution image.
+        image_size: int. Side length the window will be resized to.
+        dct_scaling: bool. Allow decoding at reduced scale.
+
+    Returns:
+        A uint8 tensor (h, w, 3): the window, at full or reduced scale.
+    """
+    if not dct_scaling:
+        return tf.image.decode_and_crop_jpeg(
+            image_bytes, window, channels=3, dct_method=JPEG_DCT_METHOD)
+    side = tf.minimum(window[2], window[3])
+    # Index into _JPEG_SCALES of the coarsest scale keeping side >= image_size.
+    level = tf.add_n([tf.cast(side >= scale * image_size, tf.int32) for scale in _JPEG_SCALES[1:]])
+
+    def decode_at(scale):
+        def decode():
+            # Window in the coordinates of the scaled image (ceil(H / scale)
+            # by ceil(W / scale)); flooring keeps it inside.
+            return tf.image.decode_and_crop_jpeg(
+                image_bytes, window // scale, channels=3, ratio=scale,
+                dct_method=JPEG_DCT_METHOD)
+        return decode
+
+    return tf.switch_case(level, [decode_at(scale) for scale in _JPEG_SCALES])
+
+
+def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct_scaling=True):
     """Training transform: crop-aware decode, RandomResizedCrop, flip.
+
+    The flip is applied to the uint8 crop before the resize (a mirrored
+    bicubic resize equals the resize of the mirror), where it moves fewer
+    bytes.
 
     Args:
         image_bytes: scalar tf.string tensor, an encoded image.
         image_size: int. Output height and width.
         seed: int tensor of shape (2,), the stateless seed of this example.
         fmt: optional scalar int32 tensor from `image_format`.
+        dct_scaling: bool. Decode large JPEG crops at reduced scale (see
+            `decode_jpeg_window`).
 
     Returns:
         A float32 tensor (image_size, image_size, 3) with values in [0, 255].
@@ -159,8 +211,7 @@ def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None):
     def jpeg_crop():
         shape = tf.image.extract_jpeg_shape(image_bytes)
         window = _sample_crop_window(shape, crop_seed)
-        return tf.image.decode_and_crop_jpeg(
-            image_bytes, window, channels=3, dct_method=JPEG_DCT_METHOD)
+        return decode_jpeg_window(image_bytes, window, image_size, dct_scaling)
 
     def other_crop():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
@@ -170,11 +221,11 @@ def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None):
         )
 
     crop = tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
-    image = _resize(crop, image_size)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+    crop = tf.image.stateless_random_flip_left_right(crop, flip_seed)
+    return _resize(crop, image_size)
 
 
-def decode_center_crop(image_bytes, image_size, fmt=None):
+def decode_center_crop(image_bytes, image_size, fmt=None, dct_scaling=True):
     """Evaluation transform: shorter side to `image_size`, center square.
 
     Cropping the central min(height, width) square and resizing it equals
@@ -185,6 +236,8 @@ def decode_center_crop(image_bytes, image_size, fmt=None):
         image_bytes: scalar tf.string tensor, an encoded image.
         image_size: int. Output height and width.
         fmt: optional scalar int32 tensor from `image_format`.
+        dct_scaling: bool. Decode large JPEG crops at reduced scale (see
+            `decode_jpeg_window`).
 
     Returns:
         A float32 tensor (image_size, image_size, 3) with values in [0, 255].
@@ -199,8 +252,7 @@ def decode_center_crop(image_bytes, image_size, fmt=None):
 
     def jpeg_crop():
         window = center_window(tf.image.extract_jpeg_shape(image_bytes))
-        return tf.image.decode_and_crop_jpeg(
-            image_bytes, window, channels=3, dct_method=JPEG_DCT_METHOD)
+        return decode_jpeg_window(image_bytes, window, image_size, dct_scaling)
 
     def other_crop():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)

@@ -1,5 +1,6 @@
 """Building blocks: patching, positions, masking, transformer blocks."""
 
+from keras_m3ae.layers.dense import TokenDense
 from keras_m3ae.layers.embedding import ClassToken
 from keras_m3ae.layers.embedding import PatchEmbedding
 from keras_m3ae.layers.embedding import PositionTypeEmbedding

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_m3ae.layers.dense import TokenDense
 from keras_m3ae.layers.patching import patchify
 from keras_m3ae.layers.sincos import sincos_1d
 from keras_m3ae.layers.sincos import sincos_2d
@@ -28,7 +29,7 @@ class PatchEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
-        self.projection = keras.layers.Dense(
+        self.projection = TokenDense(
             hidden_dim,
             kernel_initializer="glorot_uniform",
             name="projection",

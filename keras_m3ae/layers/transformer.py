@@ -3,13 +3,13 @@
 import keras
 from keras import ops
 
+from keras_m3ae.layers.dense import TokenDense
+
 
 def _dense(units, name, dtype):
     # MAE and the reference M3AE initialise every linear layer Xavier-uniform
     # with zero bias.
-    return keras.layers.Dense(
-        units, kernel_initializer="glorot_uniform", name=name, dtype=dtype
-    )
+    return TokenDense(units, kernel_initializer="glorot_uniform", name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")

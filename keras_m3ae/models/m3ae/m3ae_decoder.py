@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_m3ae.layers.dense import TokenDense
 from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.transformer import TransformerStack
@@ -60,9 +61,7 @@ class M3AEDecoder(keras.layers.Layer):
         policy = self.dtype_policy
 
         def dense(units, name):
-            return keras.layers.Dense(
-                units, kernel_initializer="glorot_uniform", name=name, dtype=policy
-            )
+            return TokenDense(units, kernel_initializer="glorot_uniform", name=name, dtype=policy)
 
         self.input_projection = dense(hidden_dim, "input_projection")
         self.image_position_type = PositionTypeEmbedding(

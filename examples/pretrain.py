@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="m3ae_vit_tiny_demo", help="architecture or preset directory")
     p.add_argument("--mae", action="store_true", help="image only (MAE): no text")
     p.add_argument("--image_size", type=int, help="override the preset's image size")
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=64, help="global: summed over hosts")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--warmup_epochs", type=float, default=5.0, help="5 for M3AE, 40 for MAE")
     p.add_argument("--base_learning_rate", type=float, default=1.5e-4, help="per 256 examples")
@@ -52,8 +52,13 @@ def set_distribution(kind):
     import keras
 
     devices = keras.distribution.list_devices()
+    # image_text_dataset already gives each host (JAX process) its own files
+    # and a per-host batch, so Keras must not shard the dataset again (its
+    # default would keep only 1/num_hosts of each host's records on several
+    # hosts; see docs/distributed.md).
     if kind == "data":
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
     elif kind == "model":
         import keras_m3ae
 
@@ -62,7 +67,8 @@ def set_distribution(kind):
             (len(devices) // model_dim, model_dim), ["batch", "model"], devices
         )
         keras.distribution.set_distribution(keras.distribution.ModelParallel(
-            layout_map=keras_m3ae.M3AEPretrainer.get_layout_map(mesh), batch_dim_name="batch"))
+            layout_map=keras_m3ae.M3AEPretrainer.get_layout_map(mesh), batch_dim_name="batch",
+            auto_shard_dataset=False))
 
 
 def main(argv=None):
@@ -71,6 +77,7 @@ def main(argv=None):
 
     import keras_m3ae
     from keras_m3ae import data
+    from keras_m3ae.data.reader import default_shard
 
     keras.utils.set_random_seed(args.seed)
     if args.distribution != "none":
@@ -94,9 +101,14 @@ def main(argv=None):
                                           seed=args.seed)
     if not num_examples:
         raise SystemExit("--num_examples is needed with --data (examples per epoch, for the schedule).")
+    # --batch_size is global; each host (JAX process) reads its own files
+    # and yields its share of every batch.
+    _, num_hosts = default_shard()
+    if args.batch_size % num_hosts:
+        raise SystemExit(f"--batch_size {args.batch_size} is not divisible by {num_hosts} hosts.")
     dataset = data.image_text_dataset(
         files, image_size=image_size, max_text_length=backbone.max_text_length,
-        batch_size=args.batch_size, training=True, text_drop_rate=args.text_drop_rate,
+        batch_size=args.batch_size // num_hosts, training=True, text_drop_rate=args.text_drop_rate,
         seed=args.seed, repeat=True,
     )
 

@@ -4,6 +4,7 @@ import os
 import re
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -36,6 +37,20 @@ def test_pretrain_example_trains_saves_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is JAX-only")
+def test_pretrain_distributions_do_not_reshard_the_per_host_dataset():
+    # image_text_dataset shards per host already; Keras's default
+    # auto_shard_dataset=True would drop records on several hosts
+    # (tests/test_multihost.py shows it).
+    pretrain = load_example("pretrain")
+    try:
+        for kind in ("data", "model"):
+            pretrain.set_distribution(kind)
+            assert keras.distribution.distribution().auto_shard_dataset is False
+    finally:
+        keras.distribution.set_distribution(None)
 
 
 @pytest.mark.parametrize("name", ["linear_probe", "finetune", "ood_detection"])

@@ -1,0 +1,158 @@
+"""Two JAX processes on this machine: keras.distribution.initialize, per-host data, DataParallel.
+
+`tests/multihost_check.py` holds the workers; this test writes their data,
+starts both with a free localhost port for the coordinator, runs the
+single-device reference in the pytest process meanwhile, and compares. JAX
+only (it runs in the jax pass; the other backends skip it).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import multihost_check as mh
+
+jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="keras.distribution.initialize is exercised on the JAX backend",
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300  # seconds for both workers; a loaded 2-core machine needs about 1-2 minutes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(tmp_path, data_dir):
+    """Starts both workers, runs the reference meanwhile; returns (results, reference)."""
+    port = free_port()
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    procs, logs = [], []
+    for i in range(mh.NUM_PROCESSES):
+        log = open(tmp_path / f"worker{i}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "multihost_check.py"), "worker",
+             "--port", str(port), "--process_id", str(i), "--data", str(data_dir),
+             "--out", str(tmp_path / f"worker{i}.json"),
+             "--weights", str(tmp_path / f"worker{i}.npz")],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        ))
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        reference = mh.reference(str(data_dir))
+        # Stop waiting as soon as one worker fails: the other would wait for
+        # it at the next collective until the timeout.
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for log in logs:
+            log.close()
+    for i, p in enumerate(procs):
+        tail = (tmp_path / f"worker{i}.log").read_text()[-4000:]
+        assert p.returncode == 0, f"worker {i} exited with {p.returncode}:\n{tail}"
+    results = [json.loads((tmp_path / f"worker{i}.json").read_text())
+               for i in range(mh.NUM_PROCESSES)]
+    weights = [np.load(tmp_path / f"worker{i}.npz") for i in range(mh.NUM_PROCESSES)]
+    return results, weights, reference
+
+
+@pytest.mark.multidevice
+@jax_only
+def test_two_processes_shard_data_and_train_like_one_device(tmp_path):
+    data_dir = tmp_path / "data"
+    mh.write_data(str(data_dir))
+    start = time.monotonic()
+    results, worker_weights, (reference, initial, final) = run_workers(tmp_path, data_dir)
+    print(f"multihost: {time.monotonic() - start:.1f} s; worker stages (s since start):",
+          [r["times"] for r in results])
+    r0, r1 = results
+
+    # initialize: one 2-process job with 4 global devices, 2 per process.
+    for i, r in enumerate(results):
+        assert r["process_count"] == r["keras_num_processes"] == 2
+        assert r["process_index"] == i
+        assert len(r["devices"]) == 4 and r["devices"] == r0["devices"]
+        assert len(r["local_devices"]) == 2
+    assert sorted(r0["local_devices"] + r1["local_devices"]) == sorted(r0["devices"])
+    # initialize() agreed on one random seed through a cross-process psum.
+    assert r0["agreed_seed"] is not None and r0["agreed_seed"] == r1["agreed_seed"]
+
+    # The pipeline's default sharding is (process_index, process_count):
+    # every other file, and every record exactly once over both hosts.
+    assert r0["default_shard"] == [0, 2] and r1["default_shard"] == [1, 2]
+    assert r0["files"] == ["00000.tfrecord", "00002.tfrecord"]
+    assert r1["files"] == ["00001.tfrecord", "00003.tfrecord"]
+    seen = [[k for b in r["batches"] for k in b] for r in results]
+    num_records = mh.NUM_FILES * mh.RECORDS_PER_FILE
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(num_records))
+    assert all(len(b) == mh.PER_HOST_BATCH for r in results for b in r["batches"])
+    assert len(r0["batches"]) == len(r1["batches"])  # equal step counts, or a host hangs
+
+    # Keras's DataParallel takes a dataset for the global one: with its
+    # default auto_shard_dataset=True it rebatches this host's batches to
+    # half and keeps every other piece, so half the records are never seen.
+    # auto_shard_dataset=False passes the per-host dataset through.
+    for i, r in enumerate(results):
+        assert r["distribute_dataset_auto_shard_False"] == r["batches"]
+        half = mh.PER_HOST_BATCH // 2
+        assert r["distribute_dataset_auto_shard_True"] == [
+            b[i * half:(i + 1) * half] for b in r["batches"]]
+        # ... and an evaluation pipeline keeping its remainder has no static
+        # batch size, which auto-sharding refuses.
+        assert "batch size" in r["auto_shard_unknown_batch_error"]
+    # The other way round: every host reads all files in global batches, and
+    # auto-sharding gives each host its half of every global batch.
+    split = [r["distribute_dataset_global"] for r in results]
+    assert all(len(b) == mh.PER_HOST_BATCH for s in split for b in s)
+    assert len(split[0]) == len(split[1]) == num_records // mh.GLOBAL_BATCH
+    assert sorted(k for s in split for b in s for k in b) == list(range(num_records))
+
+    # Each global batch is host 0's batch then host 1's: process 0's devices
+    # hold rows 0-3, process 1's rows 4-7.
+    assert r0["global_rows"] == [[0, 2], [2, 4]] and r1["global_rows"] == [[4, 6], [6, 8]]
+    assert reference["global_batches"] == [b0 + b1 for b0, b1 in
+                                           zip(r0["batches"], r1["batches"])]
+
+    # Training: same start, same per-step logs as one device on the global
+    # batches, replicas identical, weights equal to the reference's.
+    assert r0["initial_checksum"] == pytest.approx(reference["initial_checksum"], rel=1e-9)
+    assert r1["initial_checksum"] == pytest.approx(reference["initial_checksum"], rel=1e-9)
+    assert r0["variables_replicated"] and r1["variables_replicated"]
+    assert r0["logs"] == r1["logs"]
+    steps = len(reference["logs"])
+    assert steps == len(r0["batches"]) == len(r0["logs"])
+    for key in ("loss", "image_loss", "text_loss"):
+        np.testing.assert_allclose([s[key] for s in r0["logs"]],
+                                   [s[key] for s in reference["logs"]], rtol=1e-5, err_msg=key)
+    assert reference["logs"][-1]["loss"] < reference["logs"][0]["loss"]
+    w0 = [worker_weights[0][f"final_{i}"] for i in range(len(final))]
+    w1 = [worker_weights[1][f"final_{i}"] for i in range(len(final))]
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    assert max(np.linalg.norm(f - i) / np.linalg.norm(f) for f, i in zip(final, initial)) > 1e-2
+    distance = max(np.linalg.norm(w - f) / max(np.linalg.norm(f), 1e-12) for w, f in zip(w0, final))
+    assert distance < 1e-5, distance
+    # The update itself agrees to 0.1 %, not just the (large) weights.
+    update = max(np.linalg.norm(w - f) / max(np.linalg.norm(f - i), 1e-12)
+                 for w, f, i in zip(w0, final, initial))
+    assert update < 1e-3, update
+    print(f"multihost: weights {distance:.1e}, update {update:.1e} relative to one device")

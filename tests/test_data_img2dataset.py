@@ -208,6 +208,9 @@ def test_issue_snippet_training_on_img2dataset_output():
     ds = keras_m3ae.data.image_text_dataset(
         os.path.join(REENCODED, "*.tfrecord"),
         image_size=24, max_text_length=TEXT_LENGTH, batch_size=4, training=True, seed=1,
+        # Augmentation seeds follow the order records arrive in; only a
+        # deterministic order makes the crops reproducible.
+        deterministic=True,
     )
     assert ds.element_spec["images"].shape == (4, 24, 24, 3)  # static for training
     out, batches = read_all(ds)
@@ -222,12 +225,23 @@ def test_issue_snippet_training_on_img2dataset_output():
     np.testing.assert_allclose(pixels[row["deep16.png"]], 255.0, atol=1e-3)
     gray = pixels[row["gray.jpg"]]
     np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-3)
-    # Random crops of each image stay near its colours: per-channel means
-    # within 40 levels of the full image's, and no two crops alike.
+    # A crop of an image holds that image's colours: each channel's mean lies
+    # within the channel's range in the full image (a few levels of slack for
+    # the bicubic overshoot), and no two crops are alike.
     for name, image in zip(names, pixels):
-        full = reference_pixels(records[name][1], 32).mean(axis=(0, 1))
-        assert np.abs(image.mean(axis=(0, 1)) - full).max() < 40, name
+        full = np.asarray(Image.open(io.BytesIO(records[name][1])).convert("RGB"), np.float32)
+        if Image.open(io.BytesIO(records[name][1])).mode == "I;16":
+            continue  # checked above: all white
+        low, high = full.min(axis=(0, 1)), full.max(axis=(0, 1))
+        mean = image.mean(axis=(0, 1))
+        assert np.all(mean >= low - 4) and np.all(mean <= high + 4), (name, mean, low, high)
     assert len({image.tobytes() for image in out["images"]}) == 12
+    # Same seed, deterministic order: the same crops, in the same order.
+    again, _ = read_all(keras_m3ae.data.image_text_dataset(
+        os.path.join(REENCODED, "*.tfrecord"), image_size=24, max_text_length=TEXT_LENGTH,
+        batch_size=4, training=True, seed=1, deterministic=True))
+    np.testing.assert_array_equal(again["images"], out["images"])
+    np.testing.assert_array_equal(again["token_ids"], out["token_ids"])
 
 
 @pytest.mark.backend_independent

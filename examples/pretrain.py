@@ -77,7 +77,6 @@ def main(argv=None):
 
     import keras_m3ae
     from keras_m3ae import data
-    from keras_m3ae.data.reader import default_shard
 
     keras.utils.set_random_seed(args.seed)
     if args.distribution != "none":
@@ -103,12 +102,13 @@ def main(argv=None):
         raise SystemExit("--num_examples is needed with --data (examples per epoch, for the schedule).")
     # --batch_size is global; each host (JAX process) reads its own files
     # and yields its share of every batch.
-    _, num_hosts = default_shard()
+    _, num_hosts = data.default_shard()
     if args.batch_size % num_hosts:
         raise SystemExit(f"--batch_size {args.batch_size} is not divisible by {num_hosts} hosts.")
     dataset = data.image_text_dataset(
         files, image_size=image_size, max_text_length=backbone.max_text_length,
-        batch_size=args.batch_size // num_hosts, training=True, text_drop_rate=args.text_drop_rate,
+        batch_size=args.batch_size // num_hosts, training=True,
+        text_drop_rate=args.text_drop_rate,
         seed=args.seed, repeat=True,
     )
 

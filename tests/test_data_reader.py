@@ -165,7 +165,8 @@ def smooth_scene(height, width, seed=0):
 
 @pytest.mark.backend_independent
 def test_dct_scaling_decodes_large_windows_small():
-    # A 640x512 window resized to 32 is decoded at 1/8 scale (side >= 8 x 32);
+    # The central 512x512 window of a 512x640 image resized to 32 is decoded
+    # at 1/8 scale (side >= 8 x 32);
     # the result must match a full-resolution decode downscaled with an
     # antialiasing (area) filter, window offsets included.
     pixels = smooth_scene(512, 640)

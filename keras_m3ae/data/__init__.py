@@ -6,6 +6,7 @@ from keras_m3ae.data.constants import DEFAULT_VOCABULARY
 from keras_m3ae.data.constants import MAX_TEXT_LENGTH
 from keras_m3ae.data.constants import PAD_TOKEN_ID
 from keras_m3ae.data.mixing import mix_datasets
+from keras_m3ae.data.reader import default_shard
 from keras_m3ae.data.reader import image_dataset
 from keras_m3ae.data.reader import image_text_dataset
 from keras_m3ae.data.reader import resolve_files

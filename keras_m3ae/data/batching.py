@@ -107,8 +107,13 @@ class UnpreparedSource:
     tokenizer: M3AETokenizer
 
 
-def finalize_source(examples, batch_size, options, counter, tokenizer, normalize_images):
+def finalize_source(examples, batch_size, options, counter, vocabulary, max_text_length,
+                    normalize_images=True):
     """The builders' last step: `finalize`, with the source's bookkeeping attached.
+
+    Captions are tokenized with the `vocabulary` (None: bert-base-uncased)
+    and `max_text_length`; `normalize_images` is False for text-only
+    sources, whose zero images stay zero.
 
     The returned dataset has a `skip_counter` attribute, and, when
     unbatched, an `unprepared` one (`UnpreparedSource`) for `mix_datasets`.
@@ -116,6 +121,7 @@ def finalize_source(examples, batch_size, options, counter, tokenizer, normalize
     `skipped_counts()` still sees the counter, and a mixture of such
     datasets is still correct (tokenized per example, as given).
     """
+    tokenizer = cached_tokenizer(vocabulary, max_text_length)
     ds = finalize(examples, batch_size, options.training, options.drop_remainder,
                   options.deterministic, tokenizer, normalize_images)
     ds.skip_counter = counter

@@ -25,7 +25,6 @@ as keyword arguments.
 
 from keras_m3ae.data import examples as examples_lib
 from keras_m3ae.data import files as files_lib
-from keras_m3ae.data.batching import cached_tokenizer
 from keras_m3ae.data.batching import finalize_source
 from keras_m3ae.data.constants import MAX_TEXT_LENGTH
 from keras_m3ae.data.options import ReaderOptions
@@ -98,12 +97,18 @@ def image_text_dataset(
     options = ReaderOptions(training=training, **options)
     counter = options.counter("image_text")
     raw = files_lib.read_tfrecords(file_pattern, options, counter)
-    builder = examples_lib.ExampleBuilder(
-        examples_lib.record_loader(image_key, caption_key, label_key), image_size, counter,
-        options, text_drop_rate, has_labels=bool(label_key), dct_scaling=jpeg_dct_scaling,
-    )
-    return finalize_source(builder.examples(raw), batch_size, options, counter,
-                           cached_tokenizer(vocabulary, max_text_length), normalize_images=True)
+    load = examples_lib.record_loader(image_key, caption_key, label_key)
+    return _image_examples(raw, load, image_size, batch_size, vocabulary, max_text_length,
+                           counter, options, text_drop_rate=text_drop_rate,
+                           has_labels=bool(label_key), dct_scaling=jpeg_dct_scaling)
+
+
+def _image_examples(raw, load, image_size, batch_size, vocabulary, max_text_length, counter,
+                    options, **builder_args):
+    """The image builders' common tail: decode and check each example, then batch."""
+    builder = examples_lib.ExampleBuilder(load, image_size, counter, options, **builder_args)
+    return finalize_source(builder.examples(raw), batch_size, options, counter, vocabulary,
+                           max_text_length)
 
 
 def image_dataset(
@@ -155,12 +160,9 @@ def image_dataset(
         raw = files_lib.read_tfrecords(source, options, counter)
         load = examples_lib.record_loader(image_key, None, label_key)
     # An image-only source has no captions to complain about.
-    builder = examples_lib.ExampleBuilder(
-        load, image_size, counter, options, has_labels=bool(label_key),
-        dct_scaling=jpeg_dct_scaling, count_captions=False,
-    )
-    return finalize_source(builder.examples(raw), batch_size, options, counter,
-                           cached_tokenizer(None, max_text_length), normalize_images=True)
+    return _image_examples(raw, load, image_size, batch_size, None, max_text_length, counter,
+                           options, has_labels=bool(label_key), dct_scaling=jpeg_dct_scaling,
+                           count_captions=False)
 
 
 def text_dataset(
@@ -199,5 +201,5 @@ def text_dataset(
     counter = options.counter("text")
     lines = files_lib.read_text_lines(file_pattern, options)
     examples = examples_lib.text_examples(lines, image_size, counter, options.deterministic)
-    return finalize_source(examples, batch_size, options, counter,
-                           cached_tokenizer(vocabulary, max_text_length), normalize_images=False)
+    return finalize_source(examples, batch_size, options, counter, vocabulary, max_text_length,
+                           normalize_images=False)

@@ -17,6 +17,9 @@ def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
     `label_key`, and with `repeat=True`: when a finite source runs out the
     mixture stops, so that the proportions never silently change.
 
+    The sources' examples are mixed before they are tokenized and
+    normalised, which then happens once per batch of the mixture.
+
     Args:
         datasets: list of unbatched datasets from `image_text_dataset`,
             `image_dataset` or `text_dataset`.

@@ -54,15 +54,15 @@ class ReaderOptions:
     """
 
     training: bool = True
-    shard_index: int = None
-    num_shards: int = None
+    shard_index: "int | None" = None
+    num_shards: "int | None" = None
     shuffle_buffer: int = 10_000
-    cache: object = False
-    seed: int = None
-    deterministic: bool = None
+    cache: "bool | str" = False
+    seed: "int | None" = None
+    deterministic: "bool | None" = None
     repeat: bool = False
-    drop_remainder: bool = None
-    skip_counter: SkipCounter = None
+    drop_remainder: "bool | None" = None
+    skip_counter: "SkipCounter | None" = None
     num_parallel_files: int = 16
 
     def __post_init__(self):

@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 from PIL import ImageFilter  # noqa: E402
 
 from keras_m3ae import data  # noqa: E402
-from keras_m3ae.data import reader  # noqa: E402
+from keras_m3ae.data import examples as examples_lib  # noqa: E402
 from keras_m3ae.data import transforms  # noqa: E402
 from keras_m3ae.data.skips import SkipCounter  # noqa: E402
 from keras_m3ae.data.tokenizer import M3AETokenizer  # noqa: E402
@@ -165,7 +165,7 @@ def measure(ds, epochs):
 def stage_costs(paths, args, repeats):
     """Milliseconds per image of each stage alone, on records held in memory."""
     records = [r for p in paths for r in tf.data.TFRecordDataset(p).as_numpy_iterator()]
-    load = reader._parse_fn("jpg", "txt", None)
+    load = examples_lib.record_loader("jpg", "txt", None)
     parsed = [load(tf.constant(r)) for r in records]
     size, batch = args.image_size, args.batch_size
     jpegs = tf.constant([p[0].numpy() for p in parsed])
@@ -186,7 +186,7 @@ def stage_costs(paths, args, repeats):
     def checks(index, jpeg, caption):
         fmt = transforms.image_format(jpeg)
         complete = transforms.is_complete_image(jpeg, fmt)
-        caption, invalid, empty = reader._caption_flags(caption)
+        caption, invalid, empty = examples_lib.caption_flags(caption)
         return counter.add_flags([(tf.equal(fmt, 0), "image_not_decodable"),
                                   (tf.logical_not(complete), "image_truncated"),
                                   (invalid, "caption_invalid_utf8"),

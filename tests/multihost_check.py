@@ -173,7 +173,7 @@ def worker(args):
     import numpy as np
     from keras.src.utils import rng_utils
 
-    from keras_m3ae.data import reader
+    from keras_m3ae.data import files as data_files
 
     mark("imports")
     keras.distribution.initialize(
@@ -189,9 +189,9 @@ def worker(args):
         "local_devices": [f"{d.platform}:{d.id}" for d in jax.local_devices()],
         # initialize() agrees on one seed with a psum over all processes.
         "agreed_seed": rng_utils.get_random_seed(),
-        "default_shard": list(reader.default_shard()),
-        "files": [os.path.basename(f) for f in reader.shard_files(
-            reader.resolve_files(args.data), *reader.default_shard())],
+        "default_shard": list(data_files.default_shard()),
+        "files": [os.path.basename(f) for f in data_files.shard_files(
+            data_files.resolve_files(args.data), *data_files.default_shard())],
     }
 
     # This host's data, with the default sharding.

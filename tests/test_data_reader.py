@@ -12,7 +12,6 @@ from PIL import Image
 import keras_hub
 import records
 from keras_m3ae import data
-from keras_m3ae.data import reader
 from keras_m3ae.data import transforms
 
 MEAN = np.array(data.CC12M_MEAN, np.float32)
@@ -291,16 +290,16 @@ def test_sharding_is_disjoint_and_complete(tmp_path):
     with pytest.raises(ValueError, match="cannot be split"):
         data.shard_files(files, 0, 8)
     with pytest.raises(ValueError, match="both"):
-        reader.default_shard(0, None)
+        data.default_shard(0, None)
 
 
 def test_default_shard_follows_backend():
     if keras.config.backend() == "jax":
         import jax
 
-        assert reader.default_shard() == (jax.process_index(), jax.process_count())
+        assert data.default_shard() == (jax.process_index(), jax.process_count())
     else:
-        assert reader.default_shard() == (0, 1)
+        assert data.default_shard() == (0, 1)
 
 
 @pytest.mark.backend_independent

@@ -2,7 +2,8 @@
 
 import tensorflow as tf
 
-from keras_m3ae.data.reader import finalize
+from keras_m3ae.data.batching import batch_and_prepare
+from keras_m3ae.data.batching import normalize_where_has_image
 
 
 def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
@@ -15,6 +16,9 @@ def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
     with `batch_size=None` and the same `image_size`, `max_text_length` and
     `label_key`, and with `repeat=True`: when a finite source runs out the
     mixture stops, so that the proportions never silently change.
+
+    The sources' examples are mixed before they are tokenized and
+    normalised, which then happens once per batch of the mixture.
 
     Args:
         datasets: list of unbatched datasets from `image_text_dataset`,
@@ -55,12 +59,32 @@ def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
                 f"Source 0: {spec}; source {i}: {ds.element_spec}."
             )
     total = sum(weights)
+    sources, tokenizer, normalize = _unprepared(datasets)
     mixed = tf.data.Dataset.sample_from_datasets(
-        datasets,
+        sources,
         weights=[w / total for w in weights],
         seed=seed,
         stop_on_empty_dataset=True,
     )
-    mixed = finalize(mixed, batch_size, training, drop_remainder, deterministic)
+    mixed = batch_and_prepare(mixed, batch_size, training, drop_remainder, deterministic,
+                              tokenizer, normalize)
     mixed.skip_counters = [getattr(ds, "skip_counter", None) for ds in datasets]
     return mixed
+
+
+def _unprepared(datasets):
+    """What to sample from, and how to prepare the mixture's batches.
+
+    When every source comes straight from a builder and all share one
+    tokenizer, the mixture is drawn from their untokenized, unnormalised
+    examples and tokenized and normalised once per batch (text-only
+    examples keep their zero images). Otherwise the prepared sources are
+    mixed as they are.
+    """
+    unprepared = [getattr(ds, "unprepared", None) for ds in datasets]
+    if any(u is None for u in unprepared):
+        return datasets, None, None
+    tokenizers = {(u.tokenizer.vocabulary, u.tokenizer.max_text_length) for u in unprepared}
+    if len(tokenizers) != 1:
+        return datasets, None, None
+    return [u.examples for u in unprepared], unprepared[0].tokenizer, normalize_where_has_image

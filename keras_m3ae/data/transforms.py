@@ -9,16 +9,18 @@ IDCT, as PIL does. Evaluation: resize the shorter side and take the center
 square, bicubic. Every format ends as RGB (grayscale, RGBA,
 CMYK JPEG, PNG, GIF, BMP, WebP), then is scaled to [0, 1] and normalised with
 the CC12M statistics.
+
+The crop windows, the resize and its clipping come from `crops`, which the
+crops of decoded images (fine-tuning) share.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from keras_m3ae.data.constants import CC12M_MEAN
-from keras_m3ae.data.constants import CC12M_STD
-
-RANDOM_CROP_SCALE = (0.2, 1.0)
-RANDOM_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+from keras_m3ae.data import crops
+from keras_m3ae.data.constants import normalization_affine
+from keras_m3ae.data.crops import RANDOM_CROP_RATIO
+from keras_m3ae.data.crops import RANDOM_CROP_SCALE
 
 # Format codes returned by `image_format`.
 FORMAT_UNKNOWN = 0
@@ -115,30 +117,12 @@ def is_complete_image(image_bytes, fmt):
     return ok
 
 
-def _sample_crop_window(shape, seed):
-    """RandomResizedCrop window (offset_y, offset_x, height, width)."""
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=RANDOM_CROP_RATIO,
-        area_range=RANDOM_CROP_SCALE,
-        # After 10 failed draws the whole image is used, like torchvision's
-        # RandomResizedCrop falls back to a central crop.
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
+# Kept for callers of the old private names (benchmarks, tests).
+_sample_crop_window = crops.sample_crop_window
 
 
 def _resize(image, image_size):
-    """Bicubic resize of a uint8 crop to a square float image in [0, 255]."""
-    image = tf.image.resize(
-        tf.cast(image, tf.float32), [image_size, image_size], method="bicubic"
-    )
-    # Bicubic overshoots at edges; clip back into the pixel range.
-    return tf.clip_by_value(image, 0.0, 255.0)
+    return crops.resize_crop(image, image_size)
 
 
 # Scales at which libjpeg can decode (inverse DCT at 1/2, 1/4, 1/8 size).
@@ -187,12 +171,33 @@ def decode_jpeg_window(image_bytes, window, image_size, dct_scaling=True):
     return tf.switch_case(level, [decode_at(scale) for scale in _JPEG_SCALES])
 
 
-def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct_scaling=True):
+def _decode_window(image_bytes, fmt, window_fn, image_size, dct_scaling):
+    """Decodes the window `window_fn(shape)` of an encoded image.
+
+    For JPEG only the window is decoded (at reduced scale when it is large);
+    other formats are decoded whole and cropped.
+    """
+    if fmt is None:
+        fmt = image_format(image_bytes)
+
+    def jpeg_crop():
+        window = window_fn(tf.image.extract_jpeg_shape(image_bytes))
+        return decode_jpeg_window(image_bytes, window, image_size, dct_scaling)
+
+    def other_crop():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        return crops.crop_to_window(image, window_fn(tf.shape(image)))
+
+    return tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
+
+
+def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct_scaling=True,
+                               scale=RANDOM_CROP_SCALE, ratio=RANDOM_CROP_RATIO):
     """Training transform: crop-aware decode, RandomResizedCrop, flip.
 
-    The flip is applied to the uint8 crop before the resize (a mirrored
-    bicubic resize equals the resize of the mirror), where it moves fewer
-    bytes.
+    The same window sampler, flip and resize as `crops.random_resized_crop`
+    on decoded images; the flip is applied to the uint8 crop before the
+    resize, where it moves fewer bytes.
 
     Args:
         image_bytes: scalar tf.string tensor, an encoded image.
@@ -201,38 +206,29 @@ def decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct_scal
         fmt: optional scalar int32 tensor from `image_format`.
         dct_scaling: bool. Decode large JPEG crops at reduced scale (see
             `decode_jpeg_window`).
+        scale: area range of the window (pretraining: 0.2-1).
+        ratio: aspect ratio range of the window.
 
     Returns:
         A float32 tensor (image_size, image_size, 3) with values in [0, 255].
     """
-    if fmt is None:
-        fmt = image_format(image_bytes)
-    crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    flip_seed = tf.random.experimental.stateless_fold_in(seed, 2)
-
-    def jpeg_crop():
-        shape = tf.image.extract_jpeg_shape(image_bytes)
-        window = _sample_crop_window(shape, crop_seed)
-        return decode_jpeg_window(image_bytes, window, image_size, dct_scaling)
-
-    def other_crop():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        window = _sample_crop_window(tf.shape(image), crop_seed)
-        return tf.image.crop_to_bounding_box(
-            image, window[0], window[1], window[2], window[3]
-        )
-
-    crop = tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
+    crop_seed, flip_seed = crops.crop_seeds(seed)
+    crop = _decode_window(
+        image_bytes, fmt,
+        lambda shape: crops.sample_crop_window(shape, crop_seed, scale, ratio),
+        image_size, dct_scaling,
+    )
     crop = tf.image.stateless_random_flip_left_right(crop, flip_seed)
-    return _resize(crop, image_size)
+    return crops.resize_crop(crop, image_size)
 
 
-def decode_center_crop(image_bytes, image_size, fmt=None, dct_scaling=True):
-    """Evaluation transform: shorter side to `image_size`, center square.
+def decode_center_crop(image_bytes, image_size, fmt=None, dct_scaling=True, crop_fraction=1.0):
+    """Evaluation transform: the centre window (`crops.center_crop_window`), resized.
 
-    Cropping the central min(height, width) square and resizing it equals
-    resizing the shorter side and cropping the center; done in this order
-    only the crop is decoded for JPEG.
+    With the default `crop_fraction=1.0` the window is the central
+    min(height, width) square: resizing the shorter side to `image_size`
+    and cropping the centre, done in the order that decodes only the crop
+    of a JPEG.
 
     Args:
         image_bytes: scalar tf.string tensor, an encoded image.
@@ -240,37 +236,24 @@ def decode_center_crop(image_bytes, image_size, fmt=None, dct_scaling=True):
         fmt: optional scalar int32 tensor from `image_format`.
         dct_scaling: bool. Decode large JPEG crops at reduced scale (see
             `decode_jpeg_window`).
+        crop_fraction: float in (0, 1]; 0.875 for classification evaluation.
 
     Returns:
         A float32 tensor (image_size, image_size, 3) with values in [0, 255].
     """
-    if fmt is None:
-        fmt = image_format(image_bytes)
-
-    def center_window(shape):
-        height, width = shape[0], shape[1]
-        side = tf.minimum(height, width)
-        return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
-
-    def jpeg_crop():
-        window = center_window(tf.image.extract_jpeg_shape(image_bytes))
-        return decode_jpeg_window(image_bytes, window, image_size, dct_scaling)
-
-    def other_crop():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        window = center_window(tf.shape(image))
-        return tf.image.crop_to_bounding_box(
-            image, window[0], window[1], window[2], window[3]
-        )
-
-    crop = tf.cond(tf.equal(fmt, FORMAT_JPEG), jpeg_crop, other_crop)
-    return _resize(crop, image_size)
+    crop = _decode_window(
+        image_bytes, fmt,
+        lambda shape: crops.center_crop_window(shape, image_size, crop_fraction),
+        image_size, dct_scaling,
+    )
+    return crops.resize_crop(crop, image_size)
 
 
 def normalize_image(image):
     """Scales [0, 255] pixels to [0, 1] and normalises with CC12M mean/std.
 
-    Computed as one multiply-add, `image * scale + offset`. When the trailing
+    Computed as one multiply-add, `image * scale + offset`, with the
+    constants of `constants.normalization_affine`. When the trailing
     (height, width, 3) shape is static the constants are laid out at full
     size and the image viewed as (batch, height * width * 3): a same-shape
     multiply-add is several times faster than broadcasting a 3-vector, which
@@ -282,10 +265,7 @@ def normalize_image(image):
     Returns:
         A float32 tensor of the same shape.
     """
-    mean = np.asarray(CC12M_MEAN, np.float64)
-    std = np.asarray(CC12M_STD, np.float64)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)
-    offset = (-mean / std).astype(np.float32)
+    scale, offset = (np.asarray(v, np.float32) for v in normalization_affine())
     image = tf.cast(image, tf.float32)
     pixel_shape = image.shape[-3:]
     if image.shape.rank is not None and image.shape.rank >= 3 and \
@@ -300,6 +280,8 @@ def normalize_image(image):
 
 def denormalize_image(image):
     """Inverse of `normalize_image`, back to [0, 1] (for visualisation)."""
-    mean = tf.constant(CC12M_MEAN, tf.float32)
-    std = tf.constant(CC12M_STD, tf.float32)
+    # The [0, 1] affine inverted: x = y / scale - offset / scale = y * std + mean.
+    scale, offset = normalization_affine(value_range=(0, 1))
+    std = tf.constant([1.0 / s for s in scale], tf.float32)
+    mean = tf.constant([-o / s for o, s in zip(offset, scale)], tf.float32)
     return tf.cast(image, tf.float32) * std + mean

@@ -4,62 +4,70 @@ MAE / M3AE fine-tuning recipe: RandomResizedCrop + horizontal flip,
 RandAugment (9, 0.5), Mixup 0.8 and CutMix 1.0 (one of the two per batch,
 as timm switches), label smoothing 0.1 (in the loss). RandAugment, MixUp and
 CutMix are Keras' own layers; they run inside `tf.data` on every backend.
-Linear probing uses only crop + flip.
+Linear probing uses only crop + flip. The crops are those of the
+pretraining pipeline (`keras_m3ae.data.crops`), with the fine-tuning scale
+and the evaluation crop fraction.
 """
 
 import keras
 import tensorflow as tf
 
+from keras_m3ae.data import crops
 
-def random_resized_crop(image, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None):
-    """Crops a random area fraction `scale` and aspect `ratio`, resized (bicubic).
+
+# MAE fine-tuning and linear probing crop a wider area range than pretraining.
+FINETUNE_CROP_SCALE = (0.08, 1.0)
+# MAE's evaluation transform: resize the short side to size / 0.875, crop size.
+EVAL_CROP_FRACTION = 0.875
+
+
+def stateless_seed(seed=None):
+    """A stateless `(2,)` seed: `seed` itself if it is one, else a fresh draw.
+
+    An int (or None) seeds a stateful draw, so that each call, e.g. each
+    example of a `tf.data` map, gets its own crop while the sequence stays
+    reproducible for an int seed.
+    """
+    if seed is not None and not isinstance(seed, int):
+        seed = tf.convert_to_tensor(seed)
+        if seed.shape.rank == 1:
+            return seed
+    return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64, seed=seed or 0)
+
+
+def random_resized_crop(image, image_size, scale=FINETUNE_CROP_SCALE, ratio=(3 / 4, 4 / 3),
+                        seed=None):
+    """RandomResizedCrop of a decoded image: `keras_m3ae.data.crops` with fine-tuning defaults.
+
+    The window sampler, resize and clipping (to [0, 255]) are those of the
+    pretraining pipeline; no flip.
 
     Args:
-        image: `(H, W, C)` tensor.
-        image_size: `(height, width)` of the output.
+        image: `(H, W, C)` tensor with values in [0, 255].
+        image_size: int or `(height, width)` of the output.
         scale: range of the crop's area as a fraction of the image.
         ratio: range of the crop's aspect ratio.
-        seed: optional int.
+        seed: a `(2,)` stateless seed, or an int / None (see `stateless_seed`).
 
     Returns:
-        float32 `(height, width, C)`, values in the input's range.
+        float32 `(height, width, C)`, values in [0, 255].
     """
-    shape = tf.shape(image)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        area_range=scale,
-        aspect_ratio_range=ratio,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-        seed=seed or 0,
-    )
-    crop = tf.slice(image, begin, size)
-    out = tf.image.resize(tf.cast(crop, tf.float32), image_size, method="bicubic")
-    # The slice has a dynamic size; keep the static channel count.
-    out.set_shape(tuple(image_size) + (image.shape[-1],))
-    return out
+    return crops.random_resized_crop(image, image_size, stateless_seed(seed), scale, ratio,
+                                     flip=False)
 
 
-def center_crop(image, image_size, crop_fraction=0.875):
-    """Evaluation transform: resize the short side to `size / crop_fraction`, centre-crop.
+def center_crop(image, image_size, crop_fraction=EVAL_CROP_FRACTION):
+    """Evaluation crop: `keras_m3ae.data.crops.center_crop` with MAE's 0.875.
 
     Args:
-        image: `(H, W, C)` tensor.
-        image_size: `(height, width)` of the output.
-        crop_fraction: float (0.875 as in MAE's evaluation).
+        image: `(H, W, C)` tensor with values in [0, 255].
+        image_size: int or `(height, width)` of the output.
+        crop_fraction: float in (0, 1].
 
     Returns:
-        float32 `(height, width, C)`.
+        float32 `(height, width, C)`, values in [0, 255].
     """
-    image = tf.cast(image, tf.float32)
-    height, width = image_size
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    target = tf.cast(max(height, width) / crop_fraction, tf.float32)
-    factor = target / tf.reduce_min(shape)
-    resized = tf.cast(tf.math.ceil(shape * factor), tf.int32)
-    image = tf.image.resize(image, resized, method="bicubic")
-    return tf.image.resize_with_crop_or_pad(image, height, width)
+    return crops.center_crop(image, image_size, crop_fraction)
 
 
 class FineTuneAugmentation:

@@ -13,11 +13,12 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_m3ae.data import crops
 from keras_m3ae.data import denormalize_image
 from keras_m3ae.data import image_text_dataset
 from keras_m3ae.data import write_shapes_dataset
-from keras_m3ae.training.augment import center_crop
-from keras_m3ae.training.augment import random_resized_crop
+from keras_m3ae.training.augment import EVAL_CROP_FRACTION
+from keras_m3ae.training.augment import FINETUNE_CROP_SCALE
 
 
 def tfds_classification_dataset(
@@ -29,16 +30,18 @@ def tfds_classification_dataset(
     training=False,
     augment=None,
     shuffle_buffer=10_000,
-    crop_scale=(0.08, 1.0),
+    crop_scale=FINETUNE_CROP_SCALE,
     download=False,
     seed=None,
 ):
     """A TFDS classification split as batches of `(images, labels)`.
 
-    Training: shuffle, RandomResizedCrop (`crop_scale`) + horizontal flip,
-    repeat-free, drop the last partial batch, then an optional batch-level
-    `augment` (e.g. `FineTuneAugmentation`). Evaluation: resize and centre
-    crop (0.875), keep every example. Images are float32 in [0, 255].
+    Training: shuffle, RandomResizedCrop (`crop_scale`) + horizontal flip
+    with per-example stateless seeds, repeat-free, drop the last partial
+    batch, then an optional batch-level `augment` (e.g.
+    `FineTuneAugmentation`). Evaluation: centre crop (0.875) resized, keep
+    every example. The crops are `keras_m3ae.data.crops`, the pretraining
+    pipeline's. Images are float32 in [0, 255].
 
     Args:
         name: TFDS name, e.g. `"cifar10"`, `"cifar100"`, `"imagenet2012"`.
@@ -82,18 +85,23 @@ def tfds_classification_dataset(
             image = tf.image.grayscale_to_rgb(image)
         return image
 
-    def train_map(image, label):
-        image = random_resized_crop(to_rgb(image), image_size, scale=crop_scale, seed=seed)
-        image = tf.image.random_flip_left_right(image, seed=seed)
-        return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
+    def train_map(example_seed, example):
+        image, label = example
+        image = crops.random_resized_crop(to_rgb(image), image_size, example_seed,
+                                          scale=crop_scale)
+        return image, tf.cast(label, tf.int32)
 
     def eval_map(image, label):
-        image = center_crop(to_rgb(image), image_size)
-        return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
+        image = crops.center_crop(to_rgb(image), image_size, EVAL_CROP_FRACTION)
+        return image, tf.cast(label, tf.int32)
 
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
-        ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+        # A stateless seed per example, as in the pretraining pipeline: the
+        # same `seed` gives the same crops and flips whatever the map's
+        # parallelism, and every epoch draws new ones.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(seeds, ds).map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=True)
         if augment is not None:
             ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)

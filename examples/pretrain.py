@@ -97,7 +97,7 @@ def main(argv=None):
         num_examples = num_examples or 2048
         files = data.write_shapes_dataset(os.path.join(args.output_dir, "shapes"),
                                           num_examples=num_examples, image_size=image_size,
-                                          seed=args.seed)
+                                          seed=args.seed, overwrite=True)
     if not num_examples:
         raise SystemExit("--num_examples is needed with --data (examples per epoch, for the schedule).")
     # --batch_size is global; each host (JAX process) reads its own files

@@ -91,21 +91,23 @@ def test_guard_stops_at_the_first_non_finite_loss_before_the_preset_is_saved(tmp
 
 
 def test_pretrain_command_exits_non_zero_on_nan_and_keeps_the_preset(tmp_path):
+    backbone = tiny_backbone(vocabulary_size=30522, image_size=32, patch_size=8)
     preset = str(tmp_path / "tiny")
-    tiny_backbone(vocabulary_size=30522, image_size=32, patch_size=8).save_to_preset(preset)
+    backbone.save_to_preset(preset)
     out = str(tmp_path / "run")
-    args = ["--preset", preset, "--output_dir", out, "--num_examples", "32", "--batch_size", "16",
-            "--decoder_hidden_dim", "16", "--decoder_num_layers", "1", "--decoder_num_heads", "2",
-            "--warmup_epochs", "0"]
+    # The preset a previous, healthy run left behind.
+    save_preset_atomically(backbone, os.path.join(out, "preset"))
+    weights = os.path.join(out, "preset", "model.weights.h5")
+    before = open(weights, "rb").read()
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     try:
         import pretrain
     finally:
         sys.path.pop(0)
-    pretrain.main(args + ["--epochs", "1"])
-    weights = os.path.join(out, "preset", "model.weights.h5")
-    before = open(weights, "rb").read()
     with pytest.raises(SystemExit) as stopped:
-        pretrain.main(args + ["--epochs", "3", "--base_learning_rate", "1e30"])
-    assert str(stopped.value).startswith("error: Non-finite loss at step")
+        pretrain.main(["--preset", preset, "--output_dir", out, "--num_examples", "32",
+                       "--batch_size", "16", "--decoder_hidden_dim", "16",
+                       "--decoder_num_layers", "1", "--decoder_num_heads", "2",
+                       "--warmup_epochs", "0", "--epochs", "2", "--base_learning_rate", "1e30"])
+    assert str(stopped.value).startswith("error: Non-finite loss at step 2 ")
     assert open(weights, "rb").read() == before

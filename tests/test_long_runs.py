@@ -14,6 +14,7 @@ from conftest import tiny_pretrainer
 from keras_m3ae.training.callbacks import NonFiniteLossError
 from keras_m3ae.training.callbacks import NonFiniteLossGuard
 from keras_m3ae.training.callbacks import SavePreset
+from keras_m3ae.training.callbacks import SkipCountLogger
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
@@ -111,3 +112,33 @@ def test_pretrain_command_exits_non_zero_on_nan_and_keeps_the_preset(tmp_path):
                        "--warmup_epochs", "0", "--epochs", "2", "--base_learning_rate", "1e30"])
     assert str(stopped.value).startswith("error: Non-finite loss at step 2 ")
     assert open(weights, "rb").read() == before
+
+
+def test_skip_counts_are_reported_during_training(tmp_path):
+    import io
+
+    from PIL import Image
+    from records import serialize_example
+    from records import write_records
+
+    from keras_m3ae import data
+
+    def jpeg(value):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (value, value, value)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    good = [serialize_example(jpg=jpeg(40 * i), txt=f"caption {i}") for i in range(6)]
+    broken = [serialize_example(jpg=b"not an image", txt="x"), serialize_example(jpg=b"", txt="y")]
+    path = write_records(tmp_path / "00000.tfrecord", good[:3] + broken + good[3:])
+    ds = data.image_text_dataset(str(path), image_size=16, max_text_length=8, batch_size=2,
+                                 training=False, vocabulary=None)
+    lines = []
+    logger = SkipCountLogger(ds.skip_counter, every_steps=1, print_fn=lines.append)
+    pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
+    pretrainer.compile(optimizer="adam")
+    history = pretrainer.fit(ds, epochs=2, callbacks=[logger], verbose=0)
+    assert history.history["skipped"] == [2.0, 4.0]
+    assert any("image_not_decodable': 1" in line and "image_missing': 1" in line
+               for line in lines), lines
+    assert len(lines) == len(set(lines))  # only changes are reported

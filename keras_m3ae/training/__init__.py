@@ -19,3 +19,4 @@ from keras_m3ae.training.callbacks import SavePreset
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
+from keras_m3ae.training.callbacks import SkipCountLogger

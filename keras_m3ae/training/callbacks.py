@@ -1,10 +1,13 @@
-"""Callbacks that keep a long `fit` from losing work: a non-finite loss guard and preset saving."""
+"""Callbacks for long `fit` runs: a non-finite loss guard, atomic preset saving, skip counts."""
 
+import logging
 import math
 
 import keras
 
 from keras_m3ae.training.checkpoints import save_preset_atomically
+
+logger = logging.getLogger("keras_m3ae.training")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,3 +103,51 @@ class SavePreset(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._unsaved:
             save_preset_atomically(self.backbone, self.path)
+
+
+class SkipCountLogger(keras.callbacks.Callback):
+    """Reports the data pipeline's skip counts while training runs.
+
+    Every `every_steps` steps and at the end of every epoch, the non-zero
+    counts of `counter` (see `keras_m3ae.data.skips.REASONS`; decoder
+    failures included) are logged at WARNING level when they changed, and
+    at epoch end the number of examples dropped so far is added to the
+    epoch's logs as `skipped` (one stable column, so `CSVLogger` and
+    `TensorBoard` placed after this callback record it). A run that reads mostly broken data is then visible long before
+    `fit` returns.
+
+    Args:
+        counter: a `keras_m3ae.data.SkipCounter`, e.g. `dataset.skip_counter`.
+        every_steps: int or None. Also report every this many steps.
+        print_fn: callable taking a line; default logs at WARNING level on
+            the `keras_m3ae.training` logger.
+
+    Example:
+    >>> ds = keras_m3ae.data.image_text_dataset(...)
+    >>> pretrainer.fit(ds, callbacks=[SkipCountLogger(ds.skip_counter, 1000)])
+    """
+
+    def __init__(self, counter, every_steps=1000, print_fn=None):
+        super().__init__()
+        self.counter = counter
+        self.every_steps = every_steps
+        self.print_fn = print_fn or logger.warning
+        self._steps = 0
+        self._last = {}
+
+    def _report(self, where):
+        counts = {k: v for k, v in self.counter.counts().items() if v}
+        if counts != self._last:
+            self._last = counts
+            self.print_fn(f"data {self.counter.name} after {where}: skipped or repaired {counts}")
+        return counts
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self.every_steps and self._steps % self.every_steps == 0:
+            self._report(f"step {self._steps}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._report(f"epoch {epoch + 1}")
+        if logs is not None:
+            logs["skipped"] = float(self.counter.total_skipped())

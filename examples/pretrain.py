@@ -5,7 +5,9 @@ trains with AdamW (base lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95),
 linear warmup then cosine decay, mask ratios 0.75, loss weights 1.0 / 0.5.
 Rerunning the same command resumes a run that died where it stopped
 (`BackupAndRestore`), and the encoder is saved as a preset after every
-epoch.
+epoch (atomically: a kill never leaves a half-written preset). A NaN or
+infinite loss stops the run before anything is saved, with a non-zero exit
+and a message naming the step and the losses.
 
     # CC12M, ViT-B, on whatever KERAS_BACKEND selects:
     python examples/pretrain.py --data "/data/cc12m/*.tfrecord" \
@@ -97,7 +99,7 @@ def main(argv=None):
         num_examples = num_examples or 2048
         files = data.write_shapes_dataset(os.path.join(args.output_dir, "shapes"),
                                           num_examples=num_examples, image_size=image_size,
-                                          seed=args.seed)
+                                          seed=args.seed, overwrite=True)
     if not num_examples:
         raise SystemExit("--num_examples is needed with --data (examples per epoch, for the schedule).")
     # --batch_size is global; each host (JAX process) reads its own files
@@ -136,23 +138,25 @@ def main(argv=None):
     ))
 
     preset_dir = os.path.join(args.output_dir, "preset")
-
-    class SavePreset(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            backbone.save_to_preset(preset_dir)
-
     callbacks = [
+        # First: a non-finite loss stops the run before any callback below
+        # saves the broken weights.
+        keras_m3ae.training.NonFiniteLossGuard(),
         # Kept after success too: rerunning resumes a crashed run, or extends
         # a finished one when --epochs grows.
         keras.callbacks.BackupAndRestore(
             os.path.join(args.output_dir, "backup"), delete_checkpoint=False
         ),
         keras.callbacks.CSVLogger(os.path.join(args.output_dir, "log.csv"), append=True),
-        SavePreset(),
+        keras_m3ae.training.SavePreset(backbone, preset_dir),
     ]
     print(f"Peak learning rate {peak:.3g} ({args.base_learning_rate} x {args.batch_size}/256), "
           f"{steps_per_epoch} steps/epoch, {warmup_steps} warmup steps.")
-    pretrainer.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks)
+    try:
+        pretrainer.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+                       callbacks=callbacks)
+    except keras_m3ae.training.NonFiniteLossError as error:
+        raise SystemExit(f"error: {error}") from None
     skipped = dataset.skip_counter.counts()
     print(f"Encoder preset: {preset_dir}. Skipped records: {skipped or 'none'}.")
 

@@ -42,7 +42,8 @@ def write_demo_data(directory, num_examples=2048, seed=0):
         `(shard_paths, vocabulary_path)`.
     """
     shards = data.write_shapes_dataset(
-        os.path.join(directory, "data"), num_examples=num_examples, image_size=IMAGE_SIZE, seed=seed
+        os.path.join(directory, "data"), num_examples=num_examples, image_size=IMAGE_SIZE,
+        seed=seed, overwrite=True,  # same seed, same bytes: a rerun rewrites them
     )
     vocabulary = os.path.join(directory, "vocabulary.txt")
     with open(vocabulary, "w") as f:

@@ -133,3 +133,96 @@ def test_cli(tmp_path):
     assert main(["shapes", "--output", str(tmp_path / "s"), "--num-examples", "8",
                  "--num-shards", "2"]) == 0
     assert sorted(os.listdir(tmp_path / "s")) == ["00000.tfrecord", "00001.tfrecord"]
+
+
+def test_writer_refuses_a_non_empty_directory_and_overwrites_only_when_asked(tmp_path):
+    def examples(n):
+        return ({"image": encode((10 * i, 0, 0)), "caption": f"c{i}", "key": str(i)}
+                for i in range(n))
+
+    out = tmp_path / "out"
+    first = data.write_tfrecords(examples(5), str(out), examples_per_shard=1, progress=False)
+    assert len(first.paths) == 5
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty.*overwrite"):
+        data.write_tfrecords(examples(2), str(out), examples_per_shard=1, progress=False)
+    assert len(read_records(first.paths)) == 5  # nothing touched
+
+    # A rerun with fewer examples leaves no stale shard for the reader to mix in.
+    second = data.write_tfrecords(examples(2), str(out), examples_per_shard=1, progress=False,
+                                  overwrite=True)
+    assert sorted(os.listdir(out)) == ["00000.tfrecord", "00001.tfrecord", "notes.txt"]
+    assert [r["txt"] for r in read_records(second.paths)] == [b"c0", b"c1"]
+
+
+def test_an_interrupted_shard_never_has_a_shard_name(tmp_path):
+    def examples():
+        for i in range(3):
+            yield {"image": encode((0, 50 * i, 0)), "caption": str(i), "key": str(i)}
+        raise KeyboardInterrupt  # the process is stopped mid-shard
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        data.write_tfrecords(examples(), str(out), examples_per_shard=2, progress=False)
+    # The complete shard is in place; the partial one kept its temporary name.
+    assert sorted(os.listdir(out)) == [".00001.tfrecord.tmp", "00000.tfrecord"]
+    assert len(read_records([str(out / "00000.tfrecord")])) == 2
+    assert data.resolve_files(str(out)) == [str(out / "00000.tfrecord")]
+    # A rerun with overwrite clears the leftover too.
+    data.write_tfrecords(iter([]), str(out), progress=False, overwrite=True)
+    assert os.listdir(out) == []
+
+
+def test_caption_paths_may_not_leave_the_images_folder(tmp_path):
+    images, _ = make_folder(tmp_path)
+    (tmp_path / "secret.jpg").write_bytes(encode((9, 9, 9)))
+    for name in ("../secret.jpg", str(tmp_path / "secret.jpg"), "sub/../../secret.jpg"):
+        tsv = tmp_path / "captions.tsv"
+        tsv.write_text(f"a.jpg\tfine\n{name}\tescape\n")
+        with pytest.raises(ValueError, match=r"captions.tsv:2: .*outside the images folder"):
+            data.folder_examples(str(images), str(tsv))
+    allowed = list(data.folder_examples(str(images), str(tsv), allow_outside=True))
+    assert [e["caption"] for e in allowed] == ["fine", "escape"]
+
+
+def test_malformed_and_missing_inputs_name_the_problem(tmp_path):
+    images, _ = make_folder(tmp_path)
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"file": "a.jpg", "caption": "ok"}\n{"file": "b.png", caption\n')
+    with pytest.raises(ValueError, match=r"c.jsonl:2: not a JSON object"):
+        data.folder_examples(str(images), str(jsonl))
+    jsonl.write_text('{"file": "a.jpg"}\n\n["b.png"]\n')
+    with pytest.raises(ValueError, match=r"c.jsonl:3: expected a JSON object"):
+        data.folder_examples(str(images), str(jsonl))
+    with pytest.raises(FileNotFoundError, match="Captions file not found"):
+        data.folder_examples(str(images), str(tmp_path / "nope.tsv"))
+    with pytest.raises(FileNotFoundError, match="Images folder not found"):
+        data.folder_examples(str(tmp_path / "nope"), str(jsonl))
+
+
+def test_cli_failures_are_one_line_and_non_zero(tmp_path, capsys):
+    images, _ = make_folder(tmp_path)
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text("a.jpg\tone\n")
+    cases = [
+        (["--images", str(tmp_path / "missing"), "--captions", str(tsv)], "Images folder not found"),
+        (["--images", str(images), "--captions", str(tmp_path / "none.tsv")],
+         "Captions file not found"),
+        (["--images", str(images)], "--images needs --captions"),
+    ]
+    for extra, message in cases:
+        assert main(["write", *extra, "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "out"
+    assert main(["write", "--images", str(images), "--captions", str(tsv), "--output", str(out),
+                 "--no-progress"]) == 0
+    assert main(["write", "--images", str(images), "--captions", str(tsv), "--output", str(out),
+                 "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["write", "--images", str(images), "--captions", str(tsv), "--output", str(out),
+                 "--no-progress", "--overwrite"]) == 0
+    # Nothing written is a failure too.
+    tsv.write_text("missing.jpg\tone\n")
+    assert main(["write", "--images", str(images), "--captions", str(tsv), "--output",
+                 str(tmp_path / "empty"), "--no-progress"]) == 1

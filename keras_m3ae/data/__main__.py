@@ -26,6 +26,10 @@ def _parser():
     write.add_argument("--captions", help="TSV (file<TAB>caption) or JSONL captions file.")
     write.add_argument("--output", required=True, help="Output directory of the shards.")
     write.add_argument("--examples-per-shard", type=int, default=10_000)
+    write.add_argument("--overwrite", action="store_true",
+                       help="Replace the shards already in --output (else it must be empty).")
+    write.add_argument("--allow-outside-images", action="store_true",
+                       help="Accept caption-file paths that leave --images (absolute or '..').")
     write.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
     shapes = commands.add_parser("shapes", help="Render the synthetic shapes dataset.")
@@ -34,34 +38,50 @@ def _parser():
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--num-shards", type=int, default=4)
     shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--overwrite", action="store_true",
+                        help="Replace the shards already in --output (else it must be empty).")
     return parser
 
 
 def main(argv=None):
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status (0 only if examples were written)."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (OSError, ValueError) as error:
+        # One clear line, no traceback: these are the user's paths and files.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     # Imported after parsing so that `--help` answers without loading TF.
     from keras_m3ae.data import shapes
     from keras_m3ae.data import writer
 
     if args.command == "shapes":
         paths = shapes.write_shapes_dataset(
-            args.output, args.num_examples, args.image_size, args.num_shards, args.seed
+            args.output, args.num_examples, args.image_size, args.num_shards, args.seed,
+            overwrite=args.overwrite,
         )
         print(f"Wrote {args.num_examples} examples in {len(paths)} shard(s) to {args.output}.")
         return 0
     if args.images:
         if not args.captions:
-            print("error: --images needs --captions", file=sys.stderr)
-            return 2
-        examples = writer.folder_examples(args.images, args.captions)
+            raise ValueError("--images needs --captions")
+        examples = writer.folder_examples(args.images, args.captions,
+                                          allow_outside=args.allow_outside_images)
     else:
         examples = writer.webdataset_examples(args.webdataset)
     summary = writer.write_tfrecords(
-        examples, args.output, args.examples_per_shard, progress=not args.no_progress
+        examples, args.output, args.examples_per_shard, progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(summary)
-    return 0 if summary.written else 1
+    if not summary.written:
+        print("error: no example was written (see the skip counts above).", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def render_shape_example(rng, image_size=64):
 
 
 def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=4, seed=0,
-                         progress=False):
+                         progress=False, overwrite=False):
     """Renders the shapes dataset into img2dataset-style TFRecord shards.
 
     Args:
@@ -127,6 +127,8 @@ def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=
         num_shards: int. Number of shard files.
         seed: int. Same seed, same bytes.
         progress: bool. Show a progress bar.
+        overwrite: bool. Replace shards already in `directory` (else it
+            must be empty); the same seed writes the same bytes again.
 
     Returns:
         The list of shard paths. Records carry `jpg`, `txt`, `key`, `url`,
@@ -163,5 +165,6 @@ def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=
     for shard in range(num_shards):
         size = num_examples // num_shards + (shard < num_examples % num_shards)
         summary = write_tfrecords(itertools.islice(stream, size), os.fspath(directory), size,
-                                  progress=progress, total=size, summary=summary)
+                                  progress=progress, total=size, summary=summary,
+                                  overwrite=overwrite)
     return summary.paths

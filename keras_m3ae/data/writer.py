@@ -12,6 +12,7 @@ import collections
 import io
 import json
 import os
+import re
 import tarfile
 
 import tensorflow as tf
@@ -19,6 +20,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# Shards are `00000.tfrecord`, ...; a shard being written is `.00000.tfrecord.tmp`,
+# renamed when complete, so readers (`*.tfrecord`) never see a partial shard.
+_SHARD_NAME = re.compile(r"^\.?\d{5}\.tfrecord(\.tmp)?$")
 
 
 def _bytes_feature(value):
@@ -94,12 +98,36 @@ class WriteSummary:
         return "\n".join(lines)
 
 
+def _prepare_output_dir(output_dir, overwrite):
+    """Creates `output_dir`; refuses one that holds files unless `overwrite`.
+
+    With `overwrite`, the shards of a previous run (and shards a killed run
+    left half-written) are removed first, so no stale shard mixes in; other
+    files are left alone.
+    """
+    tf.io.gfile.makedirs(output_dir)
+    present = sorted(tf.io.gfile.listdir(output_dir))
+    if not present:
+        return
+    shards = [name for name in present if _SHARD_NAME.match(name)]
+    if not overwrite:
+        raise FileExistsError(
+            f"Output directory {output_dir!r} is not empty ({len(present)} entries, "
+            f"{len(shards)} shards, e.g. {present[0]!r}): pass overwrite=True "
+            "(--overwrite) to replace its shards, or choose an empty directory."
+        )
+    for name in shards:
+        tf.io.gfile.remove(os.path.join(output_dir, name))
+
+
 def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=True,
-                    total=None, summary=None):
+                    total=None, summary=None, overwrite=False):
     """Writes examples into shards `00000.tfrecord`, `00001.tfrecord`, ...
 
     Each image is opened (header only) to check that it is an image and to
     read its size; unreadable ones are skipped and counted, never written.
+    A shard is written as `.NNNNN.tfrecord.tmp` and renamed when complete:
+    an interrupted run leaves no partial shard under a shard's name.
 
     Args:
         examples: iterable of dicts with `image` (encoded bytes), `caption`
@@ -107,14 +135,21 @@ def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=Tr
             and `extra` (dict of more features, e.g. `{"label": 3}`). An
             item may instead be `("skip", reason)` to count a source problem
             found upstream.
-        output_dir: str. Directory (created if needed); any gfile path.
+        output_dir: str. Directory (created if needed); any gfile path. It
+            must be empty unless `overwrite`.
         examples_per_shard: int. Examples per shard file.
         progress: bool. Show a tqdm progress bar.
         total: int or None. Number of items, for the progress bar.
-        summary: `WriteSummary` or None. Filled in and returned.
+        summary: `WriteSummary` or None. Filled in and returned; pass the
+            summary of a previous call to append shards to the same dataset
+            (numbering continues, the directory check is skipped).
+        overwrite: bool. Remove the shards already in `output_dir` first.
 
     Returns:
         A `WriteSummary`.
+
+    Raises:
+        FileExistsError: `output_dir` is not empty and `overwrite` is False.
 
     Example:
 
@@ -124,11 +159,18 @@ def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=Tr
     """
     if examples_per_shard < 1:
         raise ValueError(f"examples_per_shard must be >= 1, got {examples_per_shard}.")
+    if summary is None:
+        _prepare_output_dir(output_dir, overwrite)
     summary = summary or WriteSummary()
-    tf.io.gfile.makedirs(output_dir)
     writer = None
     in_shard = 0
     bar = tqdm(examples, total=total, disable=not progress, unit="img", desc="write")
+
+    def finish_shard():
+        writer.close()
+        final = summary.paths[-1]
+        tf.io.gfile.rename(_temporary(final), final, overwrite=True)
+
     try:
         for item in bar:
             if isinstance(item, tuple):
@@ -144,70 +186,117 @@ def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=Tr
                 continue
             if writer is None or in_shard == examples_per_shard:
                 if writer is not None:
-                    writer.close()
+                    finish_shard()
                 path = os.path.join(output_dir, f"{len(summary.paths):05d}.tfrecord")
-                writer = tf.io.TFRecordWriter(path)
+                writer = tf.io.TFRecordWriter(_temporary(path))
                 summary.paths.append(path)
                 in_shard = 0
             writer.write(example.SerializeToString())
             in_shard += 1
             summary.written += 1
             bar.set_postfix(shards=len(summary.paths), skipped=sum(summary.skipped.values()))
-    finally:
         if writer is not None:
+            finish_shard()
+            writer = None
+    finally:
+        if writer is not None:  # an error: the partial shard keeps its temporary name
             writer.close()
         bar.close()
     return summary
 
 
+def _temporary(path):
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.tmp")
+
+
 def _read_captions(captions_file):
-    """(file name, caption) pairs from a TSV or JSONL file."""
-    pairs = []
+    """(line number, file name, caption) triples from a TSV or JSONL file."""
+    if not tf.io.gfile.exists(captions_file):
+        raise FileNotFoundError(f"Captions file not found: {captions_file!r}.")
     with tf.io.gfile.GFile(captions_file, "r") as f:
         lines = f.read().splitlines()
     jsonl = captions_file.endswith((".jsonl", ".json")) or (
         lines and lines[0].lstrip().startswith("{")
     )
+    rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        where = f"{captions_file}:{number}"
         if jsonl:
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{where}: not a JSON object ({error.msg}): {line[:80]!r}.") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {line[:80]!r}.")
             name = next((row[k] for k in ("file", "filename", "image", "path") if k in row), None)
             caption = next((row[k] for k in ("caption", "text", "txt") if k in row), "")
-            if name is None:
-                raise ValueError(f"{captions_file}:{number}: no 'file' field in {line!r}.")
+            if not isinstance(name, str):
+                raise ValueError(f"{where}: no 'file' field (a string) in {line[:80]!r}.")
         else:
             name, _, caption = line.partition("\t")
             if number == 1 and name.strip().lower() in ("file", "filename", "image", "path"):
                 continue  # a header row
-        pairs.append((name.strip(), caption.strip()))
-    return pairs
+        rows.append((number, name.strip(), str(caption).strip()))
+    return rows
 
 
-def folder_examples(image_dir, captions_file):
+def _inside(image_dir, name, where, allow_outside):
+    """`image_dir/name`, refusing names that leave `image_dir` unless allowed."""
+    path = os.path.join(image_dir, name)
+    if allow_outside:
+        return path
+    root = os.path.realpath(image_dir)
+    if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(
+            f"{where}: {name!r} points outside the images folder {image_dir!r}; "
+            "pass allow_outside=True (--allow-outside-images) if that is meant."
+        )
+    return path
+
+
+def folder_examples(image_dir, captions_file, allow_outside=False):
     """Examples from a folder of images and a captions file.
 
     The captions file is TSV (`file name<TAB>caption` per line, an optional
     header) or JSONL (`{"file": ..., "caption": ...}` per line). Listed
-    files that do not exist yield `("skip", "missing_file")`.
+    files that do not exist yield `("skip", "missing_file")`. Both files are
+    checked before anything is yielded: a missing folder or captions file, a
+    malformed line (reported as `file:line`) or a name that leaves
+    `image_dir` (absolute, or through `..`) raises at once.
 
     Args:
         image_dir: str. Folder of the images.
         captions_file: str. TSV or JSONL path.
+        allow_outside: bool. Accept names that resolve outside `image_dir`.
 
-    Yields:
-        Example dicts for `write_tfrecords`.
+    Returns:
+        An iterator of example dicts for `write_tfrecords`.
+
+    Raises:
+        FileNotFoundError: `image_dir` or `captions_file` does not exist.
+        ValueError: a malformed line, or a name outside `image_dir`.
     """
-    for name, caption in _read_captions(captions_file):
-        path = os.path.join(image_dir, name)
-        if not tf.io.gfile.exists(path):
-            yield ("skip", "missing_file")
-            continue
-        with tf.io.gfile.GFile(path, "rb") as f:
-            image = f.read()
-        key = os.path.splitext(os.path.basename(name))[0]
-        yield {"image": image, "caption": caption, "key": key, "url": name}
+    if not tf.io.gfile.isdir(image_dir):
+        raise FileNotFoundError(f"Images folder not found: {image_dir!r}.")
+    paths = [
+        (_inside(image_dir, name, f"{captions_file}:{number}", allow_outside), name, caption)
+        for number, name, caption in _read_captions(captions_file)
+    ]
+
+    def examples():
+        for path, name, caption in paths:
+            if not tf.io.gfile.exists(path):
+                yield ("skip", "missing_file")
+                continue
+            with tf.io.gfile.GFile(path, "rb") as f:
+                image = f.read()
+            key = os.path.splitext(os.path.basename(name))[0]
+            yield {"image": image, "caption": caption, "key": key, "url": name}
+
+    return examples()
 
 
 def webdataset_examples(tar_paths):

@@ -146,7 +146,8 @@ def default_classification_data(num_examples=1024, image_size=64, max_text_lengt
         `(N, T)`.
     """
     directory = directory or tempfile.mkdtemp(prefix="m3ae_shapes_")
-    shards = write_shapes_dataset(directory, num_examples=num_examples, image_size=image_size, seed=seed)
+    shards = write_shapes_dataset(directory, num_examples=num_examples, image_size=image_size,
+                                  seed=seed, overwrite=True)
     ds = image_text_dataset(
         shards, image_size=image_size, max_text_length=max_text_length, vocabulary=vocabulary,
         batch_size=256, training=False, label_key="label", drop_remainder=False,

@@ -1,0 +1,135 @@
+"""Writes that a kill cannot half-do: atomic directories and guarded presets.
+
+A long run on preemptible machines can be killed at any instruction. A
+directory written in place (a keras-hub preset: `config.json` +
+`model.weights.h5`) is then left half-written, and the last good copy is
+gone. Here every directory is written under a temporary name beside its
+destination and swapped in by renames, so at any moment either the old
+complete copy or the new complete copy is in place (or, for the instant
+between two renames, a complete copy under the backup name, which
+`recover_directory` puts back).
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+
+import numpy as np
+from keras import ops
+
+logger = logging.getLogger("keras_m3ae.training")
+
+
+def _siblings(path):
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.tmp"), os.path.join(parent, f".{name}.old")
+
+
+def recover_directory(path):
+    """Completes or undoes a swap that a kill interrupted; returns `path`.
+
+    A leftover temporary copy (a write that never finished) is removed; a
+    backup copy is put back if `path` itself is missing (the kill came
+    between the two renames of a swap), and removed otherwise.
+
+    Args:
+        path: str. The directory `atomic_directory` writes.
+
+    Returns:
+        `path`.
+    """
+    temporary, backup = _siblings(path)
+    if os.path.isdir(temporary):
+        shutil.rmtree(temporary)
+    if os.path.isdir(backup):
+        if os.path.isdir(path):
+            shutil.rmtree(backup)
+        else:
+            os.rename(backup, path)
+            logger.warning("Restored %s from its backup copy (a write was interrupted).", path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yields a temporary directory that replaces `path` when the block succeeds.
+
+    If the block raises (or the process dies), `path` keeps its previous
+    content. Local file systems only (renames are atomic there).
+
+    Args:
+        path: str. The destination directory.
+
+    Yields:
+        str: the temporary directory to write into.
+
+    Example:
+    >>> with atomic_directory("out/preset") as tmp:
+    ...     backbone.save_to_preset(tmp)
+    """
+    recover_directory(path)
+    temporary, backup = _siblings(path)
+    os.makedirs(temporary)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _fsync_tree(temporary)
+    if os.path.isdir(path):
+        os.rename(path, backup)
+        os.rename(temporary, path)
+        shutil.rmtree(backup)
+    else:
+        os.rename(temporary, path)
+    _fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory):
+    # Data on disk before the rename makes it visible (a power cut must not
+    # expose a complete name over incomplete bytes).
+    for root, _, files in os.walk(directory):
+        for name in files:
+            _fsync_path(os.path.join(root, name))
+        _fsync_path(root)
+
+
+def non_finite_variables(model):
+    """Paths of the model's variables that hold a NaN or an infinity."""
+    return [
+        v.path
+        for v in model.variables
+        if "float" in str(v.dtype) and not np.all(np.isfinite(ops.convert_to_numpy(v)))
+    ]
+
+
+def save_preset_atomically(backbone, path):
+    """`backbone.save_to_preset(path)`, atomic, and never with non-finite weights.
+
+    Args:
+        backbone: a keras-hub `Backbone` (e.g. `M3AEBackbone`).
+        path: str. Preset directory (local).
+
+    Raises:
+        ValueError: a weight is NaN or infinite; `path` is left as it was.
+
+    Example:
+    >>> save_preset_atomically(pretrainer.backbone, "run/preset")
+    """
+    bad = non_finite_variables(backbone)
+    if bad:
+        raise ValueError(
+            f"Not saving a preset to {path!r}: {len(bad)} weight(s) are not finite "
+            f"(first: {bad[0]}); the last good preset there is kept."
+        )
+    with atomic_directory(path) as temporary:
+        backbone.save_to_preset(temporary)

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 import keras_m3ae
-from keras_m3ae.training import LARS
-from keras_m3ae.training import ClassificationAccuracy
-from keras_m3ae.training import ClassificationCrossentropy
-from keras_m3ae.training import layer_decay_multipliers
-from keras_m3ae.training import learning_rate_multipliers
-from keras_m3ae.training import warmup_cosine_schedule
-from keras_m3ae.training import with_learning_rate_multipliers
+from keras_m3ae.optimizers import LARS
+from keras_m3ae.losses import ClassificationAccuracy
+from keras_m3ae.losses import ClassificationCrossentropy
+from keras_m3ae.optimizers import layer_decay_multipliers
+from keras_m3ae.optimizers import learning_rate_multipliers
+from keras_m3ae.optimizers import warmup_cosine_schedule
+from keras_m3ae.optimizers import with_learning_rate_multipliers
 from keras_m3ae.training.augment import FineTuneAugmentation
 from keras_m3ae.training.datasets import default_classification_data
 from keras_m3ae.training.datasets import tfds_classification_dataset

@@ -153,13 +153,14 @@ def fine_tune_optimizer(
     )
 
 
-def pretrain_optimizer(learning_rate=1.5e-4, weight_decay=0.05):
+def pretrain_optimizer(learning_rate=1.5e-4, weight_decay=0.05, **kwargs):
     """AdamW of the pretraining recipe (MAE Table 8, M3AE Table 3).
 
     Args:
         learning_rate: float or schedule. 1.5e-4 is the rate for a batch of
             256: scale it with `scaled_learning_rate` for yours.
         weight_decay: float (0.05).
+        **kwargs: other `AdamW` arguments (`gradient_accumulation_steps`...).
 
     Returns:
         An unbuilt `keras.optimizers.AdamW` with betas (0.9, 0.95).
@@ -168,7 +169,7 @@ def pretrain_optimizer(learning_rate=1.5e-4, weight_decay=0.05):
     >>> optimizer = pretrain_optimizer(scaled_learning_rate(1.5e-4, 4096))
     """
     return keras.optimizers.AdamW(
-        learning_rate=learning_rate, weight_decay=weight_decay, beta_1=0.9, beta_2=0.95
+        learning_rate=learning_rate, weight_decay=weight_decay, beta_1=0.9, beta_2=0.95, **kwargs
     )
 
 

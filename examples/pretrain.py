@@ -132,8 +132,8 @@ def main(argv=None):
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=total_steps - warmup_steps, warmup_target=peak, warmup_steps=warmup_steps
     )
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(
-        schedule, weight_decay=args.weight_decay, beta_1=0.9, beta_2=0.95,
+    pretrainer.compile(optimizer=keras_m3ae.optimizers.pretrain_optimizer(
+        schedule, weight_decay=args.weight_decay,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     ))
 

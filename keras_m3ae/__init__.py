@@ -3,6 +3,7 @@
 from keras_m3ae import analysis
 from keras_m3ae import data
 from keras_m3ae import layers
+from keras_m3ae import losses
 from keras_m3ae import optimizers
 from keras_m3ae import training
 from keras_m3ae.models import M3AEBackbone

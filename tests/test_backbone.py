@@ -76,6 +76,50 @@ def test_no_weight_decay_variables():
     assert "encoder/block_0/attention/qkv/kernel" not in names
 
 
+@pytest.mark.parametrize("vocabulary_size", [50, None])
+def test_structure_places_every_variable_once_in_depth_order(vocabulary_size):
+    backbone = tiny_backbone(vocabulary_size=vocabulary_size)
+    structure = backbone.structure()
+    groups = structure.depth_groups()
+    assert len(groups) == backbone.num_layers + 2
+    placed = [id(v) for group in groups for v in group]
+    assert sorted(placed) == sorted(id(v) for v in backbone.weights)
+    assert [v.path for v in groups[1]] == [v.path for v in structure.blocks[0].weights]
+    assert all(v.path.startswith("encoder/block_0/") for v in groups[1])
+    assert {v.path for v in groups[-1]} == {"encoder/norm/gamma", "encoder/norm/beta"}
+    text = {v.path for layer in structure.text for v in layer.weights}
+    matrices = [v.path for v in structure.embedding_matrices]
+    if vocabulary_size:
+        assert text == {"token_embedding/embeddings", "text_position_type/type_embedding"}
+        assert matrices == ["token_embedding/embeddings"]
+    else:
+        assert text == set() and matrices == []
+
+
+def test_variable_outside_the_structure_fails_loudly():
+    backbone = tiny_backbone()
+    backbone.add_weight(shape=(3,), name="stray")
+    with pytest.raises(ValueError, match="stray.*belong to no part"):
+        backbone.structure()
+
+
+def test_bert_vocabulary_size_matches_the_shipped_vocabulary():
+    from keras_m3ae.data import constants
+
+    with open(constants.DEFAULT_VOCABULARY, encoding="utf-8") as f:
+        assert sum(1 for _ in f) == constants.BERT_VOCABULARY_SIZE
+    config = keras_m3ae.M3AEBackbone.presets["m3ae_vit_base_patch16"]["config"]
+    assert config["vocabulary_size"] == constants.BERT_VOCABULARY_SIZE
+    assert config["max_text_length"] == constants.MAX_TEXT_LENGTH
+
+
+def test_presets_are_in_keras_hub_registry():
+    import keras_hub
+
+    assert "m3ae_vit_base_patch16" in keras_hub.models.Backbone.presets
+    assert "mae_vit_base_patch16" in keras_m3ae.M3AEImageClassifier.presets
+
+
 def test_config_round_trip():
     backbone = tiny_backbone(drop_path_rate=0.1)
     clone = keras_m3ae.M3AEBackbone.from_config(backbone.get_config())

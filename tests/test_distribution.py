@@ -7,6 +7,7 @@ fixed when JAX is imported), so it runs in the jax pass only.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -76,6 +77,27 @@ def test_layout_map_rejects_unknown_axis():
         m3ae_distribution.pretrainer_layout_map("not a mesh")
     layout_map = m3ae_distribution.backbone_layout_map(mesh, data_parallel_dim_name="data")
     assert tuple(layout_map["encoder/block_0/fc1/kernel"].axes) == ("data", "model")
+
+
+def test_layout_patterns_come_from_layer_names():
+    # Backend independent: the patterns, matched as LayoutMap matches them.
+    pretrainer = _tiny_pretrainer()
+    blocks = list(pretrainer.backbone.structure().blocks) + list(pretrainer.decoder.transformer.blocks)
+    column = [k for b in blocks for k in (b.attention.qkv.kernel, b.fc1.kernel)]
+    row = [k for b in blocks for k in (b.attention.proj.kernel, b.fc2.kernel)]
+    expected = {id(k): ("batch", "model") for k in column + [pretrainer.decoder.text_head.kernel]}
+    expected.update({id(k): ("model", "batch") for k in row})
+    expected[id(pretrainer.backbone.token_embedding.embeddings)] = ("model", "batch")
+    specs = m3ae_distribution.layout_specs(decoder=True)
+    found = {}
+    for variable in pretrainer.weights:
+        matches = [axes for pattern, axes in specs.items() if re.fullmatch(pattern, variable.path)]
+        assert len(matches) <= 1, variable.path
+        if matches:
+            found[id(variable)] = matches[0]
+    assert found == expected
+    backbone_specs = m3ae_distribution.layout_specs()
+    assert not any(re.fullmatch(p, pretrainer.decoder.text_head.kernel.path) for p in backbone_specs)
 
 
 @pytest.mark.multidevice

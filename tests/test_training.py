@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 import keras_m3ae
-from keras_m3ae.training import LARS
-from keras_m3ae.training import ClassificationAccuracy
-from keras_m3ae.training import ClassificationCrossentropy
-from keras_m3ae.training import layer_decay_multipliers
-from keras_m3ae.training import learning_rate_multipliers
-from keras_m3ae.training import warmup_cosine_schedule
-from keras_m3ae.training import with_learning_rate_multipliers
+from keras_m3ae.losses import ClassificationAccuracy
+from keras_m3ae.losses import ClassificationCrossentropy
+from keras_m3ae.optimizers import LARS
+from keras_m3ae.optimizers import layer_decay_multipliers
+from keras_m3ae.optimizers import learning_rate_multipliers
+from keras_m3ae.optimizers import warmup_cosine_schedule
+from keras_m3ae.optimizers import with_learning_rate_multipliers
 from keras_m3ae.training.augment import FineTuneAugmentation
 from keras_m3ae.training.datasets import default_classification_data
 from keras_m3ae.training.datasets import tfds_classification_dataset
@@ -38,6 +38,60 @@ def test_layer_decay_multipliers_follow_structure():
         assert multipliers[id(v)] == 1.0
     with pytest.raises(ValueError, match="layer_decay"):
         layer_decay_multipliers(bb, 1.5)
+
+
+def test_layer_decay_takes_variable_groups():
+    bb = _backbone(depth=2)
+    from_backbone = layer_decay_multipliers(bb, 0.5)
+    groups = bb.structure().depth_groups()
+    assert layer_decay_multipliers(groups, 0.5) == from_backbone
+    assert layer_decay_multipliers(bb.structure(), 0.5) == from_backbone
+    ids, depth = keras_m3ae.optimizers.layer_ids(groups)
+    assert depth == 2 and ids[id(bb.encoder.norm.gamma)] == 3
+
+
+def test_recipes_hold_the_papers_numbers():
+    from keras_m3ae import optimizers
+
+    probe = optimizers.linear_probe_optimizer(batch_size=512)
+    assert isinstance(probe, LARS)
+    assert (probe.momentum, probe.lars_weight_decay, probe.trust_coefficient) == (0.9, 0.0, 0.001)
+    assert float(keras.ops.convert_to_numpy(probe.learning_rate)) == pytest.approx(0.2)
+    fine = optimizers.fine_tune_optimizer()
+    assert (fine.beta_1, fine.beta_2, fine.weight_decay) == (0.9, 0.999, 0.05)
+    assert float(keras.ops.convert_to_numpy(fine.learning_rate)) == pytest.approx(1e-3)
+    pre = optimizers.pretrain_optimizer()
+    assert (pre.beta_1, pre.beta_2, pre.weight_decay) == (0.9, 0.95, 0.05)
+    assert float(keras.ops.convert_to_numpy(pre.learning_rate)) == pytest.approx(1.5e-4)
+    schedule = optimizers.recipe_learning_rate(1e-3, 512, epochs=4, steps_per_epoch=10, warmup_epochs=5)
+    assert float(schedule(20)) == pytest.approx(2e-3)  # warmup capped at half of training
+    bb = _backbone(depth=2)
+    configured = optimizers.configure_optimizer(
+        fine, no_weight_decay=bb.no_weight_decay_variables(), layer_groups=bb, layer_decay=0.5
+    )
+    configured.build(bb.trainable_variables)
+    assert learning_rate_multipliers(configured)[bb.encoder.blocks[0].fc1.kernel.path] == 0.25
+    assert not configured._use_weight_decay(bb.token_embedding.embeddings)
+
+
+@pytest.mark.parametrize(
+    "module, name, new",
+    [
+        ("keras_m3ae.training", "LARS", "keras_m3ae.optimizers"),
+        ("keras_m3ae.training", "layer_decay_multipliers", "keras_m3ae.optimizers"),
+        ("keras_m3ae.training", "ClassificationCrossentropy", "keras_m3ae.losses"),
+        ("keras_m3ae.optimizers", "ClassificationAccuracy", "keras_m3ae.losses"),
+        ("keras_m3ae.optimizers.losses", "ClassificationCrossentropy", "keras_m3ae.losses"),
+    ],
+)
+def test_moved_names_still_import_with_a_deprecation_warning(module, name, new):
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=f"moved to `{new}.{name}`"):
+        old = getattr(importlib.import_module(module), name)
+    assert old is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError):
+        getattr(importlib.import_module(module), "no_such_name")
 
 
 def _two_layer_model():

@@ -15,6 +15,8 @@ DEFAULT_VOCABULARY = os.path.join(
     "vocab",
     "bert-base-uncased-vocab.txt",
 )
+# Its size (lines of that file; a test checks it).
+BERT_VOCABULARY_SIZE = 30522
 # Padding id of that vocabulary ([PAD] is its first line).
 PAD_TOKEN_ID = 0
 

@@ -33,6 +33,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     (2, 10, 64)
     """
 
+    # Sub-layer names: variable paths and the sharding layouts are built
+    # from these, so a rename reaches both.
+    QKV = "qkv"
+    PROJ = "proj"
+
     def __init__(self, hidden_dim, num_heads, **kwargs):
         super().__init__(**kwargs)
         if hidden_dim % num_heads:
@@ -43,8 +48,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = hidden_dim // num_heads
-        self.qkv = _dense(3 * hidden_dim, "qkv", self.dtype_policy)
-        self.proj = _dense(hidden_dim, "proj", self.dtype_policy)
+        self.qkv = _dense(3 * hidden_dim, self.QKV, self.dtype_policy)
+        self.proj = _dense(hidden_dim, self.PROJ, self.dtype_policy)
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
@@ -135,6 +140,15 @@ class TransformerBlock(keras.layers.Layer):
     (2, 10, 64)
     """
 
+    ATTENTION = "attention"
+    FC1 = "fc1"
+    FC2 = "fc2"
+    # The Megatron split, as sub-layer paths: these matmuls are split along
+    # their output features (column) or input features (row), so a block
+    # needs one all-reduce per branch.
+    COLUMN_PARALLEL = (f"{ATTENTION}/{MultiHeadSelfAttention.QKV}", FC1)
+    ROW_PARALLEL = (f"{ATTENTION}/{MultiHeadSelfAttention.PROJ}", FC2)
+
     def __init__(
         self,
         hidden_dim,
@@ -155,13 +169,13 @@ class TransformerBlock(keras.layers.Layer):
             epsilon=layer_norm_epsilon, name="norm1", dtype=policy
         )
         self.attention = MultiHeadSelfAttention(
-            hidden_dim, num_heads, name="attention", dtype=policy
+            hidden_dim, num_heads, name=self.ATTENTION, dtype=policy
         )
         self.norm2 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm2", dtype=policy
         )
-        self.fc1 = _dense(int(hidden_dim * mlp_ratio), "fc1", policy)
-        self.fc2 = _dense(hidden_dim, "fc2", policy)
+        self.fc1 = _dense(int(hidden_dim * mlp_ratio), self.FC1, policy)
+        self.fc2 = _dense(hidden_dim, self.FC2, policy)
         self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=policy)
 
     def build(self, input_shape):
@@ -222,6 +236,9 @@ class TransformerStack(keras.layers.Layer):
     (2, 10, 64)
     """
 
+    # Blocks are named `block_0`, `block_1`... (layouts match `BLOCK_PREFIX\d+`).
+    BLOCK_PREFIX = "block_"
+
     def __init__(
         self,
         num_layers,
@@ -247,7 +264,7 @@ class TransformerStack(keras.layers.Layer):
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=rate,
                 layer_norm_epsilon=layer_norm_epsilon,
-                name=f"block_{i}",
+                name=f"{self.BLOCK_PREFIX}{i}",
                 dtype=self.dtype_policy,
             )
             for i, rate in enumerate(rates)

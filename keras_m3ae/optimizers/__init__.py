@@ -1,18 +1,34 @@
-"""Optimizers, learning-rate rules and classification losses.
+"""Optimizers, learning-rate rules and the papers' training recipes.
 
 Below `models/` (they import only Keras), so a Task's `compile()` defaults
 can use them: LARS, layer-wise learning-rate decay, warmup-cosine
-schedules, the torch backend's in-place Adam update, and label-smoothed
-cross-entropy / accuracy that take integer or mixed (mixup) labels.
+schedules, the torch backend's in-place Adam update, and the pretraining,
+linear-probe and fine-tuning recipes.
 """
 
+from keras_m3ae._deprecation import moved_names
 from keras_m3ae.optimizers.lars import LARS
 from keras_m3ae.optimizers.layer_decay import layer_decay_multipliers
 from keras_m3ae.optimizers.layer_decay import layer_ids
 from keras_m3ae.optimizers.layer_decay import learning_rate_multipliers
 from keras_m3ae.optimizers.layer_decay import with_learning_rate_multipliers
-from keras_m3ae.optimizers.losses import ClassificationAccuracy
-from keras_m3ae.optimizers.losses import ClassificationCrossentropy
+from keras_m3ae.optimizers.recipes import FINE_TUNE_RECIPE
+from keras_m3ae.optimizers.recipes import LINEAR_PROBE_RECIPE
+from keras_m3ae.optimizers.recipes import configure_optimizer
+from keras_m3ae.optimizers.recipes import fine_tune_optimizer
+from keras_m3ae.optimizers.recipes import linear_probe_optimizer
+from keras_m3ae.optimizers.recipes import pretrain_optimizer
+from keras_m3ae.optimizers.recipes import recipe_learning_rate
+from keras_m3ae.optimizers.recipes import weight_decay_exclusions
 from keras_m3ae.optimizers.schedules import scaled_learning_rate
 from keras_m3ae.optimizers.schedules import warmup_cosine_schedule
 from keras_m3ae.optimizers.torch_adam import use_inplace_update
+
+# Deprecated: the classification loss and metric are not optimizers.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "ClassificationAccuracy": "keras_m3ae.losses",
+        "ClassificationCrossentropy": "keras_m3ae.losses",
+    },
+)

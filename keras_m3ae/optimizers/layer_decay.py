@@ -1,8 +1,9 @@
 """Layer-wise learning-rate decay (BEiT / MAE fine-tuning), any optimizer.
 
 Fine-tuning a pretrained ViT, MAE and M3AE give block `i` (counted from the
-input) the learning rate `lr * decay ** (depth + 1 - layer_id)`. Layer ids come
-from the model's structure, not from variable names:
+input) the learning rate `lr * decay ** (depth + 1 - layer_id)`. Layer ids are
+positions in the model's own list of variable groups, input to output
+(`M3AEBackbone.structure().depth_groups()`), not guesses from names:
 
 - patch / text embeddings, CLS vector, position and type vectors: 0
 - transformer block `i`: `i + 1`
@@ -18,72 +19,55 @@ TensorFlow and PyTorch alike.
 from keras import ops
 
 
-def layer_ids(backbone):
-    """Maps every backbone variable to its layer id, from the structure.
+def _depth_groups(groups):
+    # A backbone (or its structure) lists its own groups; see `layer_ids`.
+    if hasattr(groups, "structure"):
+        groups = groups.structure()
+    if hasattr(groups, "depth_groups"):
+        groups = groups.depth_groups()
+    return [list(group) for group in groups]
+
+
+def layer_ids(groups):
+    """Maps every variable to its layer id: its group's position.
 
     Args:
-        backbone: an `M3AEBackbone` (anything with `encoder.blocks`,
-            `encoder.norm`, and embedding layers).
+        groups: the variables in depth order, a list of lists
+            `[embeddings, block_0, ..., block_n-1, final norm]`; or a model
+            with `structure()` (an `M3AEBackbone`), whose groups are used.
 
     Returns:
         `(ids, depth)`: `ids` a dict `id(variable) -> layer id`, `depth` the
-        number of blocks.
-
-    Raises:
-        ValueError: if a backbone variable belongs to none of the known parts
-            (a new layer must be given an id here rather than a silent one).
+        number of blocks (`len(groups) - 2`).
     """
-    depth = len(backbone.encoder.blocks)
-    ids = {}
-    for i, block in enumerate(backbone.encoder.blocks):
-        for v in block.weights:
-            ids[id(v)] = i + 1
-    for v in backbone.encoder.norm.weights:
-        ids[id(v)] = depth + 1
-    embedding_layers = [
-        getattr(backbone, name, None)
-        for name in (
-            "patch_embedding",
-            "image_position_type",
-            "token_embedding",
-            "text_position_type",
-            "cls_token",
-        )
-    ]
-    for layer in embedding_layers:
-        if layer is not None:
-            for v in layer.weights:
-                ids[id(v)] = 0
-    unassigned = [v.path for v in backbone.weights if id(v) not in ids]
-    if unassigned:
-        raise ValueError(
-            f"No layer id for backbone variables {unassigned}; extend "
-            "`keras_m3ae.optimizers.layer_ids` for them."
-        )
-    return ids, depth
+    groups = _depth_groups(groups)
+    ids = {id(v): i for i, group in enumerate(groups) for v in group}
+    return ids, len(groups) - 2
 
 
-def layer_decay_multipliers(backbone, layer_decay):
-    """Learning-rate multiplier `decay ** (depth + 1 - id)` of each backbone variable.
+def layer_decay_multipliers(groups, layer_decay):
+    """Learning-rate multiplier `decay ** (depth + 1 - id)` of each variable.
 
-    Variables not in the backbone (the head) take multiplier 1.
+    Variables in no group (the head) are not listed: they keep multiplier 1.
 
     Args:
-        backbone: an `M3AEBackbone`.
+        groups: variables in depth order, or a model with `structure()`;
+            see `layer_ids`.
         layer_decay: float in (0, 1], e.g. 0.75 (ViT-B), 0.8-0.85 for lightly
             pretrained models.
 
     Returns:
-        list of `(variable, multiplier)` pairs, in `backbone.weights` order.
+        list of `(variable, multiplier)` pairs, input to output.
 
     Example:
-    >>> pairs = layer_decay_multipliers(backbone, 0.75)
+    >>> pairs = layer_decay_multipliers(backbone.structure(), 0.75)
     >>> optimizer = with_learning_rate_multipliers(keras.optimizers.AdamW(1e-3), pairs)
     """
     if not 0 < layer_decay <= 1:
         raise ValueError(f"`layer_decay` must be in (0, 1]; got {layer_decay}.")
-    ids, depth = layer_ids(backbone)
-    return [(v, float(layer_decay ** (depth + 1 - ids[id(v)]))) for v in backbone.weights]
+    groups = _depth_groups(groups)
+    top = len(groups) - 1
+    return [(v, float(layer_decay ** (top - i))) for i, group in enumerate(groups) for v in group]
 
 
 _CLASSES = {}

@@ -1,22 +1,31 @@
-"""Training aids: augmentation and classification datasets.
+"""Training aids: callbacks and safe writes for long runs, fine-tuning augmentation
+(`augment`) and classification datasets (`datasets`).
 
-The optimizers, schedules and losses live in `keras_m3ae.optimizers` (below
-the models, whose `compile()` uses them) and are re-exported here.
+The optimizers, schedules and recipes live in `keras_m3ae.optimizers` and the
+classification loss and metric in `keras_m3ae.losses`; their old names here
+still work, with a `DeprecationWarning`.
 """
 
-from keras_m3ae.optimizers import LARS
-from keras_m3ae.optimizers import ClassificationAccuracy
-from keras_m3ae.optimizers import ClassificationCrossentropy
-from keras_m3ae.optimizers import layer_decay_multipliers
-from keras_m3ae.optimizers import layer_ids
-from keras_m3ae.optimizers import learning_rate_multipliers
-from keras_m3ae.optimizers import scaled_learning_rate
-from keras_m3ae.optimizers import warmup_cosine_schedule
-from keras_m3ae.optimizers import with_learning_rate_multipliers
+from keras_m3ae._deprecation import moved_names
 from keras_m3ae.training.callbacks import NonFiniteLossError
 from keras_m3ae.training.callbacks import NonFiniteLossGuard
 from keras_m3ae.training.callbacks import SavePreset
+from keras_m3ae.training.callbacks import SkipCountLogger
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
-from keras_m3ae.training.callbacks import SkipCountLogger
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "LARS": "keras_m3ae.optimizers",
+        "layer_decay_multipliers": "keras_m3ae.optimizers",
+        "layer_ids": "keras_m3ae.optimizers",
+        "learning_rate_multipliers": "keras_m3ae.optimizers",
+        "scaled_learning_rate": "keras_m3ae.optimizers",
+        "warmup_cosine_schedule": "keras_m3ae.optimizers",
+        "with_learning_rate_multipliers": "keras_m3ae.optimizers",
+        "ClassificationAccuracy": "keras_m3ae.losses",
+        "ClassificationCrossentropy": "keras_m3ae.losses",
+    },
+)

@@ -1,30 +1,59 @@
 """The M3AE encoder: one ViT over `[cls | image patches | text tokens]`."""
 
-import os
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 from keras_hub.models import Backbone
 
+# keras-hub's preset registry; it has no public export (keras-hub's own
+# models register from this same module).
+from keras_hub.src.utils.preset_utils import register_presets
+
+from keras_m3ae.data.constants import MAX_TEXT_LENGTH
 from keras_m3ae.layers.embedding import ClassToken
 from keras_m3ae.layers.embedding import PatchEmbedding
 from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.transformer import TransformerStack
-from keras_m3ae.models.m3ae import m3ae_distribution
-from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
-
-
-class _classproperty:
-    def __init__(self, fget):
-        self.fget = fget
-
-    def __get__(self, instance, owner):
-        return self.fget(owner)
+from keras_m3ae.models.m3ae import m3ae_presets
+from keras_m3ae.optimizers.recipes import weight_decay_exclusions
 
 
 def _pair(size):
     return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+class M3AEStructure(NamedTuple):
+    """The parts of an `M3AEBackbone`, from input to output.
+
+    Everything that treats parts differently (layer-wise learning-rate decay,
+    partial fine-tuning, weight-decay exclusions) reads them here instead of
+    reaching into the backbone by attribute name.
+
+    Attributes:
+        embeddings: the layers at depth 0: patch embedding, image
+            position/type, CLS and, for M3AE, token embedding and text
+            position/type.
+        blocks: the transformer blocks, input to output.
+        final_norm: the encoder's final LayerNorm.
+        text: the text-only layers (also in `embeddings`); image tasks never
+            use them.
+        embedding_matrices: lookup tables (the token embedding), which the
+            papers exclude from weight decay.
+    """
+
+    embeddings: tuple
+    blocks: tuple
+    final_norm: keras.layers.Layer
+    text: tuple
+    embedding_matrices: tuple
+
+    def depth_groups(self):
+        """Variables by depth: `[embeddings, block_0, ..., block_n-1, final norm]`."""
+        embeddings = [v for layer in self.embeddings for v in layer.weights]
+        blocks = [list(block.weights) for block in self.blocks]
+        return [embeddings] + blocks + [list(self.final_norm.weights)]
 
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")
@@ -73,6 +102,10 @@ class M3AEBackbone(Backbone):
     (2, 33, 64)
     """
 
+    # Sub-layer names; the sharding layouts are built from them.
+    TOKEN_EMBEDDING = "token_embedding"
+    ENCODER = "encoder"
+
     def __init__(
         self,
         image_size,
@@ -81,7 +114,7 @@ class M3AEBackbone(Backbone):
         hidden_dim,
         num_layers,
         num_heads,
-        max_text_length=64,
+        max_text_length=MAX_TEXT_LENGTH,
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
@@ -124,7 +157,7 @@ class M3AEBackbone(Backbone):
                 hidden_dim,
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
                 dtype=dtype,
-                name="token_embedding",
+                name=self.TOKEN_EMBEDDING,
             )
             self.text_position_type = PositionTypeEmbedding(
                 max_text_length, hidden_dim, dtype=dtype, name="text_position_type"
@@ -138,7 +171,7 @@ class M3AEBackbone(Backbone):
             drop_path_rate=drop_path_rate,
             layer_norm_epsilon=layer_norm_epsilon,
             dtype=dtype,
-            name="encoder",
+            name=self.ENCODER,
         )
         self.grid_size = grid_size
 
@@ -169,6 +202,7 @@ class M3AEBackbone(Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.num_channels = num_channels
         self.pretrain_image_size = pretrain_image_size
+        self.structure()  # a layer left out of the structure fails here
 
     # --- Pieces the pretrainer and the classifier call directly. ---
 
@@ -298,17 +332,43 @@ class M3AEBackbone(Backbone):
                     f"vocabulary [0, {self.vocabulary_size})."
                 )
 
-    def no_weight_decay_variables(self):
+    def structure(self):
+        """The backbone's parts in depth order; see `M3AEStructure`.
+
+        Raises:
+            ValueError: if a variable of the backbone belongs to no part (a
+                new layer must be placed in the structure, not left out).
+        """
+        text = (self.token_embedding, self.text_position_type) if self.has_text else ()
+        structure = M3AEStructure(
+            embeddings=(self.patch_embedding, self.image_position_type, self.cls_token) + text,
+            blocks=tuple(self.encoder.blocks),
+            final_norm=self.encoder.norm,
+            text=text,
+            embedding_matrices=(self.token_embedding.embeddings,) if self.has_text else (),
+        )
+        placed = {id(v) for group in structure.depth_groups() for v in group}
+        missing = [v.path for v in self.weights if id(v) not in placed]
+        if missing:
+            raise ValueError(
+                f"Backbone variables {missing} belong to no part of "
+                "`M3AEBackbone.structure()`; add their layer there."
+            )
+        return structure
+
+    def no_weight_decay_variables(self, variables=None):
         """Variables the papers exclude from weight decay.
 
-        Biases, LayerNorm scales and offsets, the CLS and type vectors
-        (every variable of rank <= 1) and the text embedding matrix; found
-        from the structure, not by matching names.
+        Every variable of rank <= 1 (biases, LayerNorm scales and offsets,
+        the CLS, type and mask vectors) and the text embedding matrix. The
+        pretrainer and the classifier pass their own variables, so their
+        decoder and head follow the same rule.
+
+        Args:
+            variables: optional list of variables; the backbone's by default.
         """
-        variables = [v for v in self.weights if len(v.shape) <= 1]
-        if self.has_text:
-            variables.append(self.token_embedding.embeddings)
-        return variables
+        variables = self.weights if variables is None else variables
+        return weight_decay_exclusions(variables, self.structure().embedding_matrices)
 
     @property
     def input_names(self):
@@ -349,16 +409,12 @@ class M3AEBackbone(Backbone):
 
         See `keras_m3ae/models/m3ae/m3ae_distribution.py` for the layout.
         """
+        # Imported here: the layouts are built from this class's layer names.
+        from keras_m3ae.models.m3ae import m3ae_distribution
+
         return m3ae_distribution.backbone_layout_map(
             device_mesh, model_parallel_dim_name, data_parallel_dim_name
         )
-
-    # --- Presets ---
-
-    @_classproperty
-    def presets(cls):
-        """Named architectures (no published weights are reachable offline)."""
-        return dict(backbone_presets)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -374,22 +430,12 @@ class M3AEBackbone(Backbone):
         Example:
         >>> backbone = keras_m3ae.M3AEBackbone.from_preset("m3ae_vit_base_patch16")
         """
-        if preset in backbone_presets:
-            config = dict(backbone_presets[preset]["config"])
-            config.update(kwargs)
-            return cls(**config)
-        if "://" not in str(preset):
-            if not os.path.isdir(preset):
-                raise ValueError(
-                    f"Unknown preset {preset!r}: not a named architecture "
-                    f"({', '.join(backbone_presets)}) and not a directory."
-                )
-            for required in ("config.json", "model.weights.h5"):
-                if not os.path.exists(os.path.join(preset, required)) and (
-                    required == "config.json" or load_weights
-                ):
-                    raise ValueError(
-                        f"Preset directory {preset!r} is incomplete: no "
-                        f"{required} (write one with `save_to_preset`)."
-                    )
+        config = m3ae_presets.architecture_config(preset)
+        if config is not None:
+            return cls(**{**config, **kwargs})
+        m3ae_presets.check_preset_directory(preset, load_weights)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+
+# `M3AEBackbone.presets` (and the classifier's) list them through keras-hub.
+register_presets(m3ae_presets.backbone_presets, M3AEBackbone)

@@ -35,6 +35,8 @@ class M3AEDecoder(keras.layers.Layer):
     >>> decoder = M3AEDecoder((4, 4), 192, None, 0, hidden_dim=32, num_layers=1, num_heads=4)
     """
 
+    TEXT_HEAD = "text_head"  # the sharding layout is built from this name
+
     def __init__(
         self,
         grid_size,
@@ -81,7 +83,7 @@ class M3AEDecoder(keras.layers.Layer):
             self.text_position_type = PositionTypeEmbedding(
                 max_text_length, hidden_dim, dtype=policy, name="text_position_type"
             )
-            self.text_head = dense(vocabulary_size, "text_head")
+            self.text_head = dense(vocabulary_size, self.TEXT_HEAD)
 
     def build(self, input_shape):
         self.input_projection.build(input_shape)

@@ -19,6 +19,11 @@ vocabulary to a multiple of the `model` axis, or use a `model` axis of 2).
 
 import keras
 
+from keras_m3ae.layers.transformer import TransformerBlock
+from keras_m3ae.layers.transformer import TransformerStack
+from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
+from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
+
 # Variable paths (print `[v.path for v in model.weights]`):
 #   token_embedding/embeddings                         (V, D)
 #   encoder/block_i/attention/qkv/kernel               (D, 3D)
@@ -29,8 +34,35 @@ import keras
 #   <pretrainer>/decoder/text_head/kernel              (Dd, V)
 # LayoutMap keys are regular expressions matched against the whole path,
 # so one block pattern serves the encoder and the decoder, and a prefix
-# (the pretrainer's name) is allowed.
-_BLOCK = r"(?:.*/)?block_\d+/"
+# (the pretrainer's name) is allowed. Layout maps are built before any model
+# exists, so the patterns come from the layers' own name constants: a
+# renamed layer changes its pattern with it.
+_ANY = r"(?:.*/)?"
+
+
+def layout_specs(model_parallel_dim_name="model", data_parallel_dim_name="batch", decoder=False):
+    """The layout as `{path regex: axes}`, without a device mesh.
+
+    Args:
+        model_parallel_dim_name: str. Model-parallel mesh axis.
+        data_parallel_dim_name: str. Data-parallel mesh axis.
+        decoder: bool. Add the pretrainer decoder's vocabulary head.
+
+    Returns:
+        dict: regular expressions (matched against whole variable paths) to
+        the axes of each kernel dimension.
+    """
+    model, data = model_parallel_dim_name, data_parallel_dim_name
+    block = _ANY + TransformerStack.BLOCK_PREFIX + r"\d+/"
+    specs = {_ANY + M3AEBackbone.TOKEN_EMBEDDING + "/embeddings": (model, data)}
+    # Column-parallel first matmuls, row-parallel second ones.
+    for path in TransformerBlock.COLUMN_PARALLEL:
+        specs[block + path + "/kernel"] = (data, model)
+    for path in TransformerBlock.ROW_PARALLEL:
+        specs[block + path + "/kernel"] = (model, data)
+    if decoder:
+        specs[_ANY + M3AEDecoder.TEXT_HEAD + "/kernel"] = (data, model)
+    return specs
 
 
 def _check_mesh(device_mesh, model_parallel_dim_name, data_parallel_dim_name):
@@ -73,16 +105,7 @@ def backbone_layout_map(
     >>> keras.distribution.set_distribution(keras.distribution.ModelParallel(
     ...     layout_map=layout_map, batch_dim_name="batch"))
     """
-    _check_mesh(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
-    model, data = model_parallel_dim_name, data_parallel_dim_name
-    layout_map = keras.distribution.LayoutMap(device_mesh)
-    layout_map[r"(?:.*/)?token_embedding/embeddings"] = (model, data)
-    # Column-parallel first matmuls, row-parallel second ones.
-    layout_map[_BLOCK + r"attention/qkv/kernel"] = (data, model)
-    layout_map[_BLOCK + r"attention/proj/kernel"] = (model, data)
-    layout_map[_BLOCK + r"fc1/kernel"] = (data, model)
-    layout_map[_BLOCK + r"fc2/kernel"] = (model, data)
-    return layout_map
+    return _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, False)
 
 
 def pretrainer_layout_map(
@@ -108,11 +131,13 @@ def pretrainer_layout_map(
     ...         layout_map=layout_map, batch_dim_name="batch").scope():
     ...     pretrainer = keras_m3ae.M3AEPretrainer(backbone_fn(), ...)
     """
-    layout_map = backbone_layout_map(
-        device_mesh, model_parallel_dim_name, data_parallel_dim_name
-    )
-    layout_map[r"(?:.*/)?decoder/text_head/kernel"] = (
-        data_parallel_dim_name,
-        model_parallel_dim_name,
-    )
+    return _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, True)
+
+
+def _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, decoder):
+    _check_mesh(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    specs = layout_specs(model_parallel_dim_name, data_parallel_dim_name, decoder)
+    for pattern, axes in specs.items():
+        layout_map[pattern] = axes
     return layout_map

@@ -7,36 +7,73 @@ from keras import ops
 from keras_hub.models import ImageClassifier
 from keras_hub.models import Task
 
+from keras_m3ae.losses import ClassificationAccuracy
+from keras_m3ae.losses import ClassificationCrossentropy
+from keras_m3ae.models.m3ae import m3ae_presets
 from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
 from keras_m3ae.models.m3ae.m3ae_backbone import _pair
 from keras_m3ae.models.m3ae.m3ae_image_classifier_preprocessor import (
     M3AEImageClassifierPreprocessor,
 )
 from keras_m3ae.models.m3ae.m3ae_image_converter import M3AEImageConverter
-from keras_m3ae.models.m3ae.m3ae_presets import backbone_presets
-from keras_m3ae.optimizers.layer_decay import layer_decay_multipliers
-from keras_m3ae.optimizers.layer_decay import with_learning_rate_multipliers
-from keras_m3ae.optimizers.lars import LARS
-from keras_m3ae.optimizers.losses import ClassificationAccuracy
-from keras_m3ae.optimizers.losses import ClassificationCrossentropy
-from keras_m3ae.optimizers.schedules import scaled_learning_rate
-from keras_m3ae.optimizers.schedules import warmup_cosine_schedule
+from keras_m3ae.optimizers.recipes import FINE_TUNE_RECIPE
+from keras_m3ae.optimizers.recipes import LINEAR_PROBE_RECIPE
+from keras_m3ae.optimizers.recipes import configure_optimizer
+from keras_m3ae.optimizers.recipes import fine_tune_optimizer
+from keras_m3ae.optimizers.recipes import linear_probe_optimizer
 
-# Recipes (M3AE Table 3/4, MAE Tables 8/9, MAE efficiency study).
-LINEAR_PROBE_RECIPE = {
-    "base_learning_rate": 0.1,
-    "weight_decay": 0.0,
-    "warmup_epochs": 10,
-    "layer_decay": None,
-    "label_smoothing": 0.0,
-}
-FINE_TUNE_RECIPE = {
-    "base_learning_rate": 1e-3,
-    "weight_decay": 0.05,
-    "warmup_epochs": 5,
-    "layer_decay": 0.75,
-    "label_smoothing": 0.1,
-}
+
+def _check_arguments(backbone, num_classes, pooling, fine_tune_blocks):
+    if num_classes is None:
+        raise ValueError(
+            "`num_classes` is missing: pass the number of classes, e.g. "
+            "`num_classes=10` (only a preset saved from a classifier "
+            "holds a head to restore)."
+        )
+    if pooling not in ("token", "mean"):
+        raise ValueError(f"`pooling` must be 'token' or 'mean'; got {pooling!r}.")
+    depth = backbone.num_layers
+    if fine_tune_blocks is not None and (
+        isinstance(fine_tune_blocks, bool)
+        or not isinstance(fine_tune_blocks, int)
+        or not 0 <= fine_tune_blocks <= depth
+    ):
+        raise ValueError(
+            f"`fine_tune_blocks={fine_tune_blocks!r}` is out of range for an "
+            f"encoder of depth {depth}: use 0 (linear probe), an int in "
+            f"[1, {depth}] (train the last k blocks), or None (full "
+            "fine-tuning)."
+        )
+
+
+def _rebuilt_backbone(backbone, image_size, drop_path_rate):
+    """The backbone at another image size or drop-path rate, same weights."""
+    changes = {}
+    if image_size is not None and _pair(image_size) != _pair(backbone.image_size):
+        changes["image_size"] = image_size
+        changes["pretrain_image_size"] = backbone.pretrain_image_size or backbone.image_size
+    if drop_path_rate is not None and drop_path_rate != backbone.drop_path_rate:
+        changes["drop_path_rate"] = drop_path_rate
+    if not changes:
+        return backbone
+    new = backbone.__class__.from_config({**backbone.get_config(), **changes})
+    new.set_weights(backbone.get_weights())
+    return new
+
+
+def _set_trainable(backbone, fine_tune_blocks):
+    """Freezes what the protocol does not train (see `M3AEImageClassifier`)."""
+    structure = backbone.structure()
+    k, depth = fine_tune_blocks, len(structure.blocks)
+    backbone.trainable = True
+    for layer in structure.embeddings:
+        layer.trainable = k is None
+    for i, block in enumerate(structure.blocks):
+        block.trainable = k is None or i >= depth - k
+    structure.final_norm.trainable = k is None or k > 0
+    # Never used for images; kept so the preset stays an M3AE.
+    for layer in structure.text:
+        layer.trainable = False
 
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")
@@ -99,40 +136,27 @@ class M3AEImageClassifier(ImageClassifier):
         head_dtype=None,
         **kwargs,
     ):
-        if num_classes is None:
-            raise ValueError(
-                "`num_classes` is missing: pass the number of classes, e.g. "
-                "`num_classes=10` (only a preset saved from a classifier "
-                "holds a head to restore)."
-            )
-        if pooling not in ("token", "mean"):
-            raise ValueError(f"`pooling` must be 'token' or 'mean'; got {pooling!r}.")
-        depth = backbone.num_layers
-        if fine_tune_blocks is not None and (
-            isinstance(fine_tune_blocks, bool)
-            or not isinstance(fine_tune_blocks, int)
-            or not 0 <= fine_tune_blocks <= depth
-        ):
-            raise ValueError(
-                f"`fine_tune_blocks={fine_tune_blocks!r}` is out of range for an "
-                f"encoder of depth {depth}: use 0 (linear probe), an int in "
-                f"[1, {depth}] (train the last k blocks), or None (full "
-                "fine-tuning)."
-            )
-        backbone = self._resized_backbone(backbone, image_size, drop_path_rate)
-        if preprocessor is not None:
-            converter = getattr(preprocessor, "image_converter", None)
-            if converter is not None:
-                converter.image_size = _pair(backbone.image_size)
+        _check_arguments(backbone, num_classes, pooling, fine_tune_blocks)
+        backbone = _rebuilt_backbone(backbone, image_size, drop_path_rate)
+        _set_trainable(backbone, fine_tune_blocks)
+        converter = getattr(preprocessor, "image_converter", None)
+        if converter is not None:
+            converter.image_size = _pair(backbone.image_size)
+        head_dtype = head_dtype or backbone.dtype_policy
+        linear_probe = fine_tune_blocks == 0
+        # A subclassed Task: in the linear probe the frozen encoder runs in
+        # inference mode even inside `fit`, which a functional graph cannot
+        # express (it passes `fit`'s `training=True` to every layer). Layers
+        # are created after `Task.__init__` (on torch, Task tracks attributes
+        # only once initialised), so compiling waits for them.
         compile_now = kwargs.pop("compile", True)
         kwargs.setdefault("dtype", backbone.dtype_policy)
-        head_dtype = head_dtype or backbone.dtype_policy
         Task.__init__(self, compile=False, **kwargs)
 
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        linear_probe = fine_tune_blocks == 0
+        self.head_norm = None
         if linear_probe:
             self.head_norm = keras.layers.BatchNormalization(
                 center=False,
@@ -142,8 +166,6 @@ class M3AEImageClassifier(ImageClassifier):
                 dtype=head_dtype,
                 name="head_norm",
             )
-        else:
-            self.head_norm = None
         self.output_dense = keras.layers.Dense(
             num_classes,
             activation=activation,
@@ -154,11 +176,7 @@ class M3AEImageClassifier(ImageClassifier):
             dtype=head_dtype,
             name="predictions",
         )
-        feature_shape = (None, backbone.hidden_dim)
-        if self.head_norm is not None:
-            self.head_norm.build(feature_shape)
-        self.output_dense.build(feature_shape)
-        self.built = True
+        self.build()
 
         # === Config ===
         self.num_classes = num_classes
@@ -166,39 +184,15 @@ class M3AEImageClassifier(ImageClassifier):
         self.fine_tune_blocks = fine_tune_blocks
         self.activation = activation
         self.dropout = 0.0
-        self._set_trainable()
         if compile_now:
             self.compile()
 
-    @staticmethod
-    def _resized_backbone(backbone, image_size, drop_path_rate):
-        changes = {}
-        if image_size is not None and _pair(image_size) != _pair(backbone.image_size):
-            changes["image_size"] = image_size
-            changes["pretrain_image_size"] = backbone.pretrain_image_size or backbone.image_size
-        if drop_path_rate is not None and drop_path_rate != backbone.drop_path_rate:
-            changes["drop_path_rate"] = drop_path_rate
-        if not changes:
-            return backbone
-        new = backbone.__class__.from_config({**backbone.get_config(), **changes})
-        new.set_weights(backbone.get_weights())
-        return new
-
-    def _set_trainable(self):
-        backbone = self.backbone
-        k = self.fine_tune_blocks
-        depth = len(backbone.encoder.blocks)
-        backbone.trainable = True
-        for layer in backbone.layers:
-            if layer is not backbone.encoder:
-                layer.trainable = k is None
-        if backbone.has_text:
-            # Never used for images; kept so the preset stays an M3AE.
-            backbone.token_embedding.trainable = False
-            backbone.text_position_type.trainable = False
-        for i, block in enumerate(backbone.encoder.blocks):
-            block.trainable = k is None or i >= depth - k
-        backbone.encoder.norm.trainable = k is None or k > 0
+    def build(self, input_shape=None):
+        feature_shape = (None, self.backbone.hidden_dim)
+        if self.head_norm is not None:
+            self.head_norm.build(feature_shape)
+        self.output_dense.build(feature_shape)
+        self.built = True
 
     def image_features(self, images, training=False):
         """Pooled encoder features `(B, hidden_dim)` of preprocessed images."""
@@ -272,7 +266,8 @@ class M3AEImageClassifier(ImageClassifier):
             label_smoothing: float. Overrides the recipe's smoothing.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
         """
-        recipe = dict(LINEAR_PROBE_RECIPE if self.fine_tune_blocks == 0 else FINE_TUNE_RECIPE)
+        linear_probe = self.fine_tune_blocks == 0
+        recipe = dict(LINEAR_PROBE_RECIPE if linear_probe else FINE_TUNE_RECIPE)
         overrides = {
             "base_learning_rate": base_learning_rate,
             "weight_decay": weight_decay,
@@ -282,36 +277,21 @@ class M3AEImageClassifier(ImageClassifier):
         }
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         if optimizer == "auto":
-            peak = scaled_learning_rate(recipe["base_learning_rate"], batch_size)
-            learning_rate = peak
-            if epochs is not None and steps_per_epoch is not None:
-                learning_rate = warmup_cosine_schedule(
-                    peak,
-                    epochs=epochs,
-                    warmup_epochs=min(recipe["warmup_epochs"], epochs / 2),
-                    steps_per_epoch=steps_per_epoch,
-                )
-            if self.fine_tune_blocks == 0:
-                optimizer = LARS(
-                    learning_rate,
-                    momentum=0.9,
-                    weight_decay=recipe["weight_decay"],
-                    trust_coefficient=0.001,
-                )
-            else:
-                optimizer = keras.optimizers.AdamW(
-                    learning_rate,
-                    weight_decay=recipe["weight_decay"],
-                    beta_1=0.9,
-                    beta_2=0.999,
-                )
-        optimizer = keras.optimizers.get(optimizer)
-        if recipe["layer_decay"] and recipe["layer_decay"] != 1 and self.fine_tune_blocks != 0:
-            optimizer = with_learning_rate_multipliers(
-                optimizer, layer_decay_multipliers(self.backbone, recipe["layer_decay"])
+            make = linear_probe_optimizer if linear_probe else fine_tune_optimizer
+            optimizer = make(
+                batch_size=batch_size,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                base_learning_rate=recipe["base_learning_rate"],
+                weight_decay=recipe["weight_decay"],
+                warmup_epochs=recipe["warmup_epochs"],
             )
-        if getattr(optimizer, "weight_decay", None) and not optimizer.built:
-            optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
+        optimizer = configure_optimizer(
+            optimizer,
+            no_weight_decay=self.no_weight_decay_variables(),
+            layer_groups=None if linear_probe else self.backbone.structure(),
+            layer_decay=recipe["layer_decay"],
+        )
         if loss == "auto":
             from_logits = keras.activations.get(self.activation) != keras.activations.softmax
             loss = ClassificationCrossentropy(
@@ -322,27 +302,21 @@ class M3AEImageClassifier(ImageClassifier):
         Task.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def save_task_weights(self, filepath):
-        # Head only: optimizer state is training state, not part of a preset.
-        keras.saving.save_weights(
-            self,
-            filepath=filepath,
-            objects_to_skip=list(self.backbone._flatten_layers()) + self._optimizer_objects(),
-        )
+        # Head only, as keras-hub's, and without optimizer state: that is
+        # training state, not part of a preset.
+        keras.saving.save_weights(self, filepath, objects_to_skip=self._not_task_weights())
 
     def load_task_weights(self, filepath):
-        keras.saving.load_weights(
-            self,
-            filepath,
-            objects_to_skip=list(self.backbone._flatten_layers()) + self._optimizer_objects(),
-        )
+        keras.saving.load_weights(self, filepath, objects_to_skip=self._not_task_weights())
 
-    def _optimizer_objects(self):
-        return [self.optimizer] if getattr(self, "optimizer", None) is not None else []
+    def _not_task_weights(self):
+        # Skipping the backbone skips everything inside it.
+        optimizer = getattr(self, "optimizer", None)
+        return [self.backbone] + ([optimizer] if optimizer is not None else [])
 
     def no_weight_decay_variables(self):
-        """Backbone's no-decay variables plus the head's bias."""
-        head = [v for v in self.output_dense.weights if len(v.shape) <= 1]
-        return self.backbone.no_weight_decay_variables() + head
+        """The backbone's rule applied to the whole model: the head's bias too."""
+        return self.backbone.no_weight_decay_variables(self.weights)
 
     def get_config(self):
         config = Task.get_config(self)
@@ -380,7 +354,7 @@ class M3AEImageClassifier(ImageClassifier):
         ...     "/tmp/m3ae_preset", num_classes=10, fine_tune_blocks=None,
         ...     drop_path_rate=0.1, image_size=384)
         """
-        if isinstance(preset, str) and preset in backbone_presets:
+        if m3ae_presets.architecture_config(preset) is not None:
             dtype = kwargs.pop("dtype", None)
             backbone = M3AEBackbone.from_preset(preset, dtype=dtype)
             if "preprocessor" not in kwargs:
@@ -388,21 +362,9 @@ class M3AEImageClassifier(ImageClassifier):
                     M3AEImageConverter(image_size=backbone.image_size)
                 )
             return cls(backbone=backbone, **kwargs)
-        if "://" not in str(preset):
-            if not os.path.isdir(preset):
-                raise ValueError(
-                    f"Preset {preset!r} is neither a named architecture "
-                    f"({', '.join(backbone_presets)}) nor an existing directory."
-                )
-            required = ["config.json"] + (["model.weights.h5"] if load_weights else [])
-            missing = [f for f in required if not os.path.exists(os.path.join(preset, f))]
-            if missing:
-                raise ValueError(
-                    f"Preset directory {preset!r} is incomplete: missing {missing} "
-                    "(write presets with `save_to_preset`)."
-                )
-            has_head = os.path.exists(os.path.join(preset, "task.json"))
-            if not has_head and "num_classes" not in kwargs:
+        m3ae_presets.check_preset_directory(preset, load_weights)
+        if "://" not in str(preset) and "num_classes" not in kwargs:
+            if not os.path.exists(os.path.join(preset, "task.json")):
                 raise ValueError(
                     f"Preset {preset!r} holds an encoder but no classification "
                     "head: pass `num_classes`."

@@ -2,8 +2,6 @@
 
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
-from keras_hub.src.utils.preset_utils import IMAGE_CONVERTER_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import check_file_exists
 
 from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
 from keras_m3ae.models.m3ae.m3ae_image_converter import M3AEImageConverter
@@ -30,12 +28,16 @@ class M3AEImageClassifierPreprocessor(ImageClassifierPreprocessor):
 
     @classmethod
     def _add_missing_kwargs(cls, loader, kwargs):
-        # A preset written by `M3AEBackbone.save_to_preset` (pretraining) has
-        # no image converter: build the default one from the backbone config.
-        if "image_converter" not in kwargs and not check_file_exists(
-            loader.preset, IMAGE_CONVERTER_CONFIG_FILE
-        ):
-            kwargs["image_converter"] = cls.image_converter_cls(
-                image_size=loader.config["config"]["image_size"]
-            )
+        # keras-hub's hook for arguments a preset does not hold. A preset
+        # written by `M3AEBackbone.save_to_preset` (pretraining) has no image
+        # converter: build the default one from the backbone config. The
+        # loader's public method signals a missing file as keras-hub's own
+        # `check_file_exists` detects it, by `FileNotFoundError`.
+        if "image_converter" not in kwargs:
+            try:
+                kwargs["image_converter"] = loader.load_image_converter(cls.image_converter_cls)
+            except FileNotFoundError:
+                kwargs["image_converter"] = cls.image_converter_cls(
+                    image_size=loader.config["config"]["image_size"]
+                )
         return super()._add_missing_kwargs(loader, kwargs)

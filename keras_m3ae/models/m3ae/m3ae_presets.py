@@ -4,9 +4,19 @@ These are architectures, not published weights: nothing can be downloaded
 here, so `from_preset(name)` builds a freshly initialised model of that size.
 Weights come from your own pretraining (`save_to_preset`) or, later, from the
 converters of the reference checkpoints.
+
+They are registered in keras-hub's preset registry (`M3AEBackbone.presets`),
+but keras-hub resolves a registered name to a download handle, and these
+have nothing to download: `from_preset` builds named architectures itself
+(`architecture_config`) and hands directories and handles to keras-hub.
 """
 
-_M3AE_TEXT = {"vocabulary_size": 30522, "max_text_length": 64}
+import os
+
+from keras_m3ae.data.constants import BERT_VOCABULARY_SIZE
+from keras_m3ae.data.constants import MAX_TEXT_LENGTH
+
+_M3AE_TEXT = {"vocabulary_size": BERT_VOCABULARY_SIZE, "max_text_length": MAX_TEXT_LENGTH}
 
 
 def _vit(hidden_dim, num_layers, num_heads, image_size, patch_size, text):
@@ -30,7 +40,7 @@ def _preset(description, config):
 backbone_presets = {
     "m3ae_vit_tiny_demo": _preset(
         "Tiny M3AE (64 px, patch 8, width 128, 4 blocks, 64 tokens) for demos and tests.",
-        _vit(128, 4, 4, 64, 8, {"vocabulary_size": 30522, "max_text_length": 32}),
+        _vit(128, 4, 4, 64, 8, {"vocabulary_size": BERT_VOCABULARY_SIZE, "max_text_length": 32}),
     ),
     "m3ae_vit_small_patch16": _preset(
         "M3AE ViT-S/16 encoder (width 384, 12 blocks, 6 heads), 256 px, BERT vocabulary.",
@@ -59,3 +69,35 @@ backbone_presets = {
         _vit(1280, 32, 16, 224, 14, None),
     ),
 }
+
+
+def architecture_config(preset):
+    """The backbone config of a named architecture, or None for any other preset."""
+    if isinstance(preset, str) and preset in backbone_presets:
+        return dict(backbone_presets[preset]["config"])
+    return None
+
+
+def check_preset_directory(preset, load_weights=True):
+    """Raises a clear `ValueError` for a local preset keras-hub cannot load.
+
+    Remote handles (`kaggle://`, `hf://`...) are left to keras-hub.
+
+    Args:
+        preset: str. A preset path that is not a named architecture.
+        load_weights: bool. Whether the weights file is needed too.
+    """
+    if "://" in str(preset):
+        return
+    if not os.path.isdir(preset):
+        raise ValueError(
+            f"Unknown preset {preset!r}: it is neither a named architecture "
+            f"({', '.join(backbone_presets)}) nor an existing directory."
+        )
+    required = ["config.json"] + (["model.weights.h5"] if load_weights else [])
+    missing = [f for f in required if not os.path.exists(os.path.join(preset, f))]
+    if missing:
+        raise ValueError(
+            f"Preset directory {preset!r} is incomplete: no {', '.join(missing)} "
+            "(write presets with `save_to_preset`)."
+        )

@@ -14,6 +14,8 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
+from keras_m3ae.optimizers.recipes import configure_optimizer
+from keras_m3ae.optimizers.recipes import pretrain_optimizer
 from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
 # Padding sorts after every real token: uniform noise lives in [0, 1).
@@ -234,18 +236,18 @@ class M3AEPretrainer(keras.Model):
 
     def no_weight_decay_variables(self):
         """Biases, norms, CLS/type/mask vectors and the text embedding."""
-        decoder = [v for v in self.decoder.weights if len(v.shape) <= 1]
-        return self.backbone.no_weight_decay_variables() + decoder
+        return self.backbone.no_weight_decay_variables(self.weights)
 
     def compile(self, optimizer="auto", jit_compile="auto", **kwargs):
         """Configures training; defaults follow the papers.
 
-        `optimizer="auto"` is AdamW(1.5e-4, weight_decay=0.05, betas
-        (0.9, 0.95)) (scale the learning rate by batch/256 yourself). For any
-        optimizer with weight decay, biases, norms, CLS/type/mask vectors and
-        embeddings are excluded from decay, as in the papers. On the torch
-        backend a Keras `Adam`/`AdamW` gets an in-place update of the same
-        formula (`keras_m3ae.optimizers.torch_adam`): Keras's own materialises
+        `optimizer="auto"` is `keras_m3ae.optimizers.pretrain_optimizer()`:
+        AdamW(1.5e-4, weight_decay=0.05, betas (0.9, 0.95)) (scale the
+        learning rate by batch/256 yourself). For any optimizer with weight
+        decay, biases, norms, CLS/type/mask vectors and embeddings are
+        excluded from decay, as in the papers. On the torch backend a Keras
+        `Adam`/`AdamW` gets an in-place update of the same formula
+        (`keras_m3ae.optimizers.torch_adam`): Keras's own materialises
         several model-sized temporaries per step.
 
         Args:
@@ -254,12 +256,8 @@ class M3AEPretrainer(keras.Model):
             **kwargs: passed to `keras.Model.compile`.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=1.5e-4, weight_decay=0.05, beta_1=0.9, beta_2=0.95
-            )
-        optimizer = keras.optimizers.get(optimizer)
-        if getattr(optimizer, "weight_decay", None) and not optimizer.built:
-            optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
+            optimizer = pretrain_optimizer()
+        optimizer = configure_optimizer(optimizer, self.no_weight_decay_variables())
         use_inplace_update(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 

@@ -57,7 +57,8 @@ def main(argv=None):
     tokenizer = data.M3AETokenizer(vocabulary, max_text_length=demo.TEXT_LENGTH)
     captions = tokenizer.detokenize(batch["token_ids"])
     figure_path = os.path.join(out, "reconstructions.png")
-    keras_m3ae.analysis.plot_reconstructions(pretrainer.reconstruct(batch), figure_path, captions=captions)
+    result = keras_m3ae.analysis.reconstruct(pretrainer, batch)
+    keras_m3ae.analysis.plot_reconstructions(result, figure_path, captions=captions)
 
     attention_path = os.path.join(out, "attention.png")
     maps = keras_m3ae.analysis.cross_modal_attention(backbone, batch)

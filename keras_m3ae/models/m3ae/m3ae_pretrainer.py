@@ -140,10 +140,21 @@ class M3AEPretrainer(keras.Model):
         text_noise=None,
         return_attention_scores=False,
     ):
+        """Masks, encodes the visible tokens and decodes every position.
+
+        Returns:
+            dict: `image_mask` `(B, N)` and `text_mask` `(B, T)` (True where
+            the loss scores), `image_predictions` `(B, N, patch_dim)`,
+            `text_logits` `(B, T, vocabulary_size)`, and with
+            `return_attention_scores` the `encoder_attention_scores` and
+            `decoder_attention_scores` lists. No text keys for MAE.
+        """
         image_noise, text_noise = self._draw_noise(inputs, image_noise, text_noise)
         has_image, padding_mask = self._presence(inputs)
         image = self._embed_and_mask_images(inputs["images"], image_noise)
-        text = self._embed_and_mask_text(inputs, padding_mask, text_noise)
+        text = self._embed_and_mask_text(inputs.get("token_ids"), padding_mask, text_noise)
+        outputs = self._loss_masks(image, text, has_image, padding_mask)
+
         encoded = self.backbone.encode(
             image.tokens,
             text.tokens,
@@ -152,7 +163,6 @@ class M3AEPretrainer(keras.Model):
             training=training,
             return_attention_scores=return_attention_scores,
         )
-        outputs = self._loss_masks(image, text, has_image, padding_mask)
         if return_attention_scores:
             encoded, outputs["encoder_attention_scores"] = encoded
         decoded = self.decoder(
@@ -199,13 +209,13 @@ class M3AEPretrainer(keras.Model):
         tokens = gather_tokens(self.backbone.embed_images(images), keep_ids)
         return _Masked(tokens, restore_ids, visible, None)
 
-    def _embed_and_mask_text(self, inputs, padding_mask, noise):
+    def _embed_and_mask_text(self, token_ids, padding_mask, noise):
         if not self.backbone.has_text:
             return _Masked(None, None, None, None)
         keep_ids, restore_ids, visible = random_text_masking(
             noise, padding_mask, self.text_mask_ratio, self.num_text_kept
         )
-        tokens = gather_tokens(self.backbone.embed_text(inputs["token_ids"]), keep_ids)
+        tokens = gather_tokens(self.backbone.embed_text(token_ids), keep_ids)
         # Padding fills a short caption's spare encoder slots; it gets no attention.
         kept_visible = ops.take_along_axis(visible, keep_ids, axis=1)
         return _Masked(tokens, restore_ids, visible, kept_visible)

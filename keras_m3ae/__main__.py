@@ -4,6 +4,8 @@ Renders a small captioned-shapes dataset as img2dataset-style TFRecords,
 pretrains a tiny M3AE on it through the same tf.data reader used for CC12M,
 saves the encoder as a preset, and draws reconstructions, cross-modal
 attention and feature clusters. Runs on whatever `KERAS_BACKEND` selects.
+It prints its own progress lines only: `keras_m3ae._startup` keeps
+TensorFlow's start-up log lines out (`TF_CPP_MIN_LOG_LEVEL=0` shows them).
 """
 
 import argparse
@@ -26,7 +28,6 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
 
@@ -57,7 +58,8 @@ def main(argv=None):
     tokenizer = data.M3AETokenizer(vocabulary, max_text_length=demo.TEXT_LENGTH)
     captions = tokenizer.detokenize(batch["token_ids"])
     figure_path = os.path.join(out, "reconstructions.png")
-    keras_m3ae.analysis.plot_reconstructions(pretrainer.reconstruct(batch), figure_path, captions=captions)
+    result = keras_m3ae.analysis.reconstruct(pretrainer, batch)
+    keras_m3ae.analysis.plot_reconstructions(result, figure_path, captions=captions)
 
     attention_path = os.path.join(out, "attention.png")
     maps = keras_m3ae.analysis.cross_modal_attention(backbone, batch)

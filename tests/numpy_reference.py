@@ -91,6 +91,21 @@ def encode_all(w, images, token_ids, padding_mask, patch_size, num_layers, num_h
     return stack(x, w, "encoder/", num_layers, num_heads, valid)
 
 
+def text_masking(noise, pad, ratio, keep):
+    """One caption's text masking: (visible token ids, encoder slot ids).
+
+    The encoder's `keep` slots take the real tokens in noise order, then
+    padding in noise order; the first `min(int(real * (1 - ratio)), keep)`
+    real ones are visible.
+    """
+    real = np.flatnonzero(pad)
+    real_sorted = real[np.argsort(noise[real], kind="stable")]
+    n_vis = min(int(len(real) * (1 - ratio)), keep)
+    padded = np.flatnonzero(~pad)
+    slots = np.concatenate([real_sorted, padded[np.argsort(noise[padded], kind="stable")]])[:keep]
+    return real_sorted[:n_vis], slots
+
+
 def pretrain_losses(w, batch, image_noise, text_noise, cfg):
     """M3AE pretraining losses, following SPEC.md step by step."""
     images, ids, pad = batch["images"], batch["token_ids"], batch["padding_mask"]
@@ -114,12 +129,8 @@ def pretrain_losses(w, batch, image_noise, text_noise, cfg):
         order = np.argsort(image_noise[e], kind="stable")
         kept_i = order[:keep_i]
         img_vis[e, kept_i] = True
-        real = np.flatnonzero(pad[e])
-        real_sorted = real[np.argsort(text_noise[e, real], kind="stable")]
-        n_vis = min(int(len(real) * (1 - cfg["text_mask_ratio"])), keep_t)
-        txt_vis[e, real_sorted[:n_vis]] = True
-        padded = np.flatnonzero(~pad[e])
-        slots = np.concatenate([real_sorted, padded[np.argsort(text_noise[e, padded], kind="stable")]])[:keep_t]
+        visible_ids, slots = text_masking(text_noise[e], pad[e], cfg["text_mask_ratio"], keep_t)
+        txt_vis[e, visible_ids] = True
         seq = [w["cls_token/cls_token"][None]] + [img[e, kept_i], txt[e, slots]]
         enc_tokens.append(np.concatenate(seq, 0))
         enc_valid.append(np.concatenate([[True], np.ones(keep_i, bool), txt_vis[e, slots]]))
@@ -132,10 +143,8 @@ def pretrain_losses(w, batch, image_noise, text_noise, cfg):
         full_i = np.tile(w["decoder/image_mask_token"], (n_img, 1))
         full_i[order[:keep_i]] = x[e, 1 : 1 + keep_i]
         full_t = np.tile(w["decoder/text_mask_token"], (t, 1))
-        real = np.flatnonzero(pad[e])
-        real_sorted = real[np.argsort(text_noise[e, real], kind="stable")]
-        n_vis = min(int(len(real) * (1 - cfg["text_mask_ratio"])), keep_t)
-        full_t[real_sorted[:n_vis]] = x[e, 1 + keep_i : 1 + keep_i + n_vis]
+        visible_ids, _ = text_masking(text_noise[e], pad[e], cfg["text_mask_ratio"], keep_t)
+        full_t[visible_ids] = x[e, 1 + keep_i : 1 + keep_i + len(visible_ids)]
         full_i = full_i + sincos_2d(gh, gw, dd) + w["decoder/image_position_type/type_embedding"]
         full_t = full_t + sincos_1d(range(t), dd) + w["decoder/text_position_type/type_embedding"]
         dec.append(np.concatenate([x[e, :1], full_i, full_t], 0))

@@ -41,7 +41,7 @@ def test_cls_features_match_backbone_without_text():
 def test_plots_write_pngs(tmp_path):
     pretrainer = tiny_pretrainer()
     batch = tiny_batch()
-    analysis.plot_reconstructions(pretrainer.reconstruct(batch), tmp_path / "rec.png", captions=["a b"] * 4)
+    analysis.plot_reconstructions(analysis.reconstruct(pretrainer, batch), tmp_path / "rec.png", captions=["a b"] * 4)
     maps = analysis.cross_modal_attention(pretrainer.backbone, batch)
     analysis.plot_text_to_image_attention(batch["images"], maps, ["w1", "w2"], tmp_path / "att.png")
     rng = np.random.default_rng(0)

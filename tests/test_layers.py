@@ -68,6 +68,23 @@ def test_random_masking_num_visible():
     )
 
 
+def test_random_text_masking_matches_numpy():
+    rng = np.random.default_rng(0)
+    noise = rng.random((5, 8)).astype("float32")
+    padding_mask = np.arange(8)[None, :] < np.array([[8], [5], [3], [1], [0]])
+    keep, restore, visible = (
+        ops.convert_to_numpy(t) for t in layers.random_text_masking(noise, padding_mask, 0.5, 4)
+    )
+    assert keep.shape == (5, 4) and restore.shape == (5, 8)
+    for e in range(5):
+        visible_ids, slots = ref.text_masking(noise[e], padding_mask[e], 0.5, 4)
+        np.testing.assert_array_equal(keep[e], slots)
+        np.testing.assert_array_equal(np.flatnonzero(visible[e]), np.sort(visible_ids))
+    # Each caption keeps its own share: int(real * 0.5) visible, never padding.
+    np.testing.assert_array_equal(visible.sum(1), [4, 2, 1, 0, 0])
+    assert not (visible & ~padding_mask).any()
+
+
 def test_num_kept_follows_mae():
     assert layers.num_kept(196, 0.75) == 49
     assert layers.num_kept(64, 0.75) == 16

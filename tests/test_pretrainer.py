@@ -231,14 +231,39 @@ def test_fit_rejects_bad_data():
         pretrainer.fit({"images": batch["images"]}, epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize(
+    "entry_point", ["evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch"]
+)
+def test_every_entry_point_rejects_bad_data(entry_point):
+    pretrainer = tiny_pretrainer()
+    pretrainer.compile()
+    batch = tiny_batch()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        getattr(pretrainer, entry_point)(dict(batch, token_ids=batch["token_ids"] + 100))
+    with pytest.raises(ValueError, match="Missing input key"):
+        getattr(pretrainer, entry_point)({"images": batch["images"]})
+
+
 def test_reconstruct_pastes_visible_patches():
     pretrainer = tiny_pretrainer(norm_pix_loss=True)
     batch = tiny_batch()
-    result = pretrainer.reconstruct(batch)
+    result = keras_m3ae.analysis.reconstruct(pretrainer, batch)
     mask = np.repeat(np.repeat(result["image_mask"].reshape(4, 4, 4), 4, 1), 4, 2)
     np.testing.assert_allclose(result["reconstructions"][~mask], batch["images"][~mask], atol=1e-5)
     np.testing.assert_array_equal(result["masked_images"][mask], 0.0)
     np.testing.assert_allclose(result["reconstructions"][mask], result["predictions"][mask], atol=1e-6)
+
+
+def test_deprecated_reconstruct_method_delegates():
+    pretrainer = tiny_pretrainer()
+    batch = tiny_batch()
+    image_noise, text_noise = _noise()
+    with pytest.warns(DeprecationWarning, match="analysis.reconstruct"):
+        old = pretrainer.reconstruct(batch, image_noise=image_noise, text_noise=text_noise)
+    new = keras_m3ae.analysis.reconstruct(pretrainer, batch, image_noise, text_noise)
+    assert set(old) == set(new)
+    for key in new:
+        np.testing.assert_array_equal(old[key], new[key])
 
 
 def test_pretrainer_config_and_keras_round_trip(tmp_path):

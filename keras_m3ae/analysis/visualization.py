@@ -1,14 +1,64 @@
 """Pictures of what a pretrained M3AE does: reconstructions, attention."""
 
 import numpy as np
+from keras import ops
 
 from keras_m3ae.data.constants import CC12M_MEAN
 from keras_m3ae.data.constants import CC12M_STD
+from keras_m3ae.layers.patching import patchify
+from keras_m3ae.layers.patching import unpatchify
+from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
 
 
 def to_pixels(images, mean=CC12M_MEAN, std=CC12M_STD):
     """Normalised images -> RGB values in [0, 1] for display."""
     return np.clip(np.asarray(images) * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+
+
+def reconstruct(pretrainer, batch, image_noise=None, text_noise=None):
+    """Masked and reconstructed images, in the inputs' pixel space.
+
+    Reconstructions of `norm_pix_loss` models are un-normalised with each
+    target patch's own mean and std, as the MAE visualisations do.
+
+    Args:
+        pretrainer: an `M3AEPretrainer`.
+        batch: a batch dict, as for the pretrainer.
+        image_noise: optional `(B, num_patches)` noise for the mask.
+        text_noise: optional `(B, max_text_length)` noise.
+
+    Returns:
+        dict of numpy arrays: `images`, `masked_images` (masked patches
+        zeroed), `reconstructions` (predictions with the visible patches
+        pasted back), `predictions` (raw, every patch predicted),
+        `image_mask` `(B, N)`, and for M3AE `text_mask` and
+        `predicted_token_ids` `(B, T)`.
+
+    Example:
+    >>> result = keras_m3ae.analysis.reconstruct(pretrainer, batch)
+    >>> keras_m3ae.analysis.plot_reconstructions(result, "reconstructions.png")
+    """
+    backbone = pretrainer.backbone
+    backbone.check_inputs(batch)
+    outputs = pretrainer(batch, training=False, image_noise=image_noise, text_noise=text_noise)
+    patches = patchify(ops.convert_to_tensor(batch["images"], "float32"), backbone.patch_size)
+    predictions = ops.cast(outputs["image_predictions"], "float32")
+    if pretrainer.norm_pix_loss:
+        _, mean, std = normalize_patches(patches)
+        predictions = predictions * std + mean
+    mask = ops.cast(outputs["image_mask"], "float32")[..., None]
+    args = (backbone.patch_size, backbone.grid_size, backbone.num_channels)
+    result = {
+        "images": ops.convert_to_numpy(batch["images"]),
+        "masked_images": unpatchify(patches * (1 - mask), *args),
+        "reconstructions": unpatchify(predictions * mask + patches * (1 - mask), *args),
+        "predictions": unpatchify(predictions, *args),
+        "image_mask": outputs["image_mask"],
+    }
+    if backbone.has_text:
+        result["text_mask"] = outputs["text_mask"]
+        result["predicted_token_ids"] = ops.argmax(outputs["text_logits"], axis=-1)
+    return {k: np.asarray(ops.convert_to_numpy(v)) for k, v in result.items()}
 
 
 def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=CC12M_STD, max_rows=6):
@@ -18,7 +68,7 @@ def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=
     pasted back over the predictions.
 
     Args:
-        result: dict from `M3AEPretrainer.reconstruct`.
+        result: dict from `reconstruct`.
         path: optional file to save the figure to (PNG by extension).
         captions: optional list of strings shown above each row.
         mean: per-channel mean the images were normalised with.
@@ -29,7 +79,7 @@ def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=
         The matplotlib `Figure`.
 
     Example:
-    >>> result = pretrainer.reconstruct(batch)
+    >>> result = reconstruct(pretrainer, batch)
     >>> plot_reconstructions(result, "reconstructions.png")
     """
     import matplotlib

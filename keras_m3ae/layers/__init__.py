@@ -7,6 +7,7 @@ from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.masking import num_kept
 from keras_m3ae.layers.masking import random_masking
+from keras_m3ae.layers.masking import random_text_masking
 from keras_m3ae.layers.patching import patchify
 from keras_m3ae.layers.patching import unpatchify
 from keras_m3ae.layers.sincos import sincos_1d

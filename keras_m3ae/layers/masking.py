@@ -1,6 +1,10 @@
-"""Random masking: which tokens the encoder sees (MAE, Section 3)."""
+"""Random masking: which tokens the encoder sees (MAE, Section 3; M3AE)."""
 
 from keras import ops
+
+# Uniform noise lives in [0, 1): this offset sorts padding after every real
+# token, so padding is never kept while a real token is left.
+_PADDING_NOISE_OFFSET = 2.0
 
 
 def num_kept(length, mask_ratio):
@@ -46,6 +50,42 @@ def random_masking(noise, num_keep, num_visible=None):
         visible_sorted = rank < ops.expand_dims(ops.cast(num_visible, "int32"), -1)
     visible = ops.take_along_axis(visible_sorted, restore_ids, axis=-1)
     return shuffle_ids[:, :num_keep], restore_ids, visible
+
+
+def random_text_masking(noise, padding_mask, mask_ratio, num_keep):
+    """Draws the visible subset of each caption's real tokens from `noise`.
+
+    The mask ratio applies to each caption's own real tokens, not to the
+    padded length: a caption with `n` real tokens keeps
+    `min(int(n * (1 - mask_ratio)), num_keep)` of them visible. Padding
+    sorts after every real token, so it fills the remaining encoder slots
+    (declared not visible) and is never chosen over a real token.
+
+    Args:
+        noise: float tensor `(batch, length)`, uniform in [0, 1); smaller
+            values are kept first.
+        padding_mask: bool tensor `(batch, length)`, True for real tokens.
+        mask_ratio: float in [0, 1). Fraction of each caption's real tokens
+            that is masked.
+        num_keep: int. Tokens per example passed to the encoder
+            (`num_kept(length, mask_ratio)`).
+
+    Returns:
+        `(keep_ids, restore_ids, visible)` as for `random_masking`;
+        `visible` is False on padding.
+
+    Example:
+    >>> noise = keras.random.uniform((2, 8), seed=0)
+    >>> padding_mask = np.arange(8)[None, :] < np.array([[8], [3]])
+    >>> keep_ids, restore_ids, visible = random_text_masking(noise, padding_mask, 0.75, 2)
+    """
+    padding_mask = ops.cast(padding_mask, "bool")
+    noise = ops.where(padding_mask, noise, ops.cast(noise, "float32") + _PADDING_NOISE_OFFSET)
+    num_real = ops.sum(ops.cast(padding_mask, "float32"), axis=1)
+    num_visible = ops.minimum(
+        ops.cast(ops.floor(num_real * (1.0 - mask_ratio)), "int32"), num_keep
+    )
+    return random_masking(noise, num_keep, num_visible)
 
 
 def gather_tokens(tokens, ids):

@@ -1,25 +1,35 @@
 """M3AE / MAE pretraining: mask, encode visible tokens, decode, reconstruct."""
 
+import collections
+import warnings
+
 import keras
-import numpy as np
 from keras import ops
 
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.masking import num_kept
 from keras_m3ae.layers.masking import random_masking
+from keras_m3ae.layers.masking import random_text_masking
 from keras_m3ae.layers.patching import patchify
-from keras_m3ae.layers.patching import unpatchify
 from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
-from keras_m3ae.models.m3ae.m3ae_losses import normalize_patches
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
 from keras_m3ae.optimizers.recipes import configure_optimizer
 from keras_m3ae.optimizers.recipes import pretrain_optimizer
 from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
-# Padding sorts after every real token: uniform noise lives in [0, 1).
-_PADDING_NOISE_OFFSET = 2.0
+# One modality after masking: the kept tokens `(B, K, D)`, the permutation
+# back to the original order, visibility in the original order, and (text)
+# which of the kept tokens are really visible.
+_Masked = collections.namedtuple("_Masked", ["tokens", "restore_ids", "visible", "kept_visible"])
+
+
+def _present(patch_mask, has_image):
+    """`patch_mask` `(B, N)`, False on every patch of an absent image."""
+    if has_image is None:
+        return patch_mask
+    return ops.logical_and(patch_mask, has_image[:, None])
 
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")
@@ -132,57 +142,26 @@ class M3AEPretrainer(keras.Model):
         text_noise=None,
         return_attention_scores=False,
     ):
-        backbone = self.backbone
-        backbone.check_inputs(inputs)
-        images = inputs["images"]
-        batch_size = ops.shape(images)[0]
-        has_image = inputs.get("has_image")
-        if has_image is not None:
-            has_image = ops.cast(has_image, "bool")
+        """Masks, encodes the visible tokens and decodes every position.
 
-        if image_noise is None:
-            image_noise = keras.random.uniform(
-                (batch_size, backbone.num_patches), seed=self.seed_generator
-            )
-        image_keep, image_restore, image_visible = random_masking(
-            image_noise, self.num_image_kept
-        )
-        image_tokens = gather_tokens(backbone.embed_images(images), image_keep)
-        image_present = ops.ones_like(image_visible)
-        if has_image is not None:
-            image_present = ops.logical_and(image_present, has_image[:, None])
-        outputs = {"image_mask": ops.logical_and(ops.logical_not(image_visible), image_present)}
+        Returns:
+            dict: `image_mask` `(B, N)` and `text_mask` `(B, T)` (True where
+            the loss scores), `image_predictions` `(B, N, patch_dim)`,
+            `text_logits` `(B, T, vocabulary_size)`, and with
+            `return_attention_scores` the `encoder_attention_scores` and
+            `decoder_attention_scores` lists. No text keys for MAE.
+        """
+        image_noise, text_noise = self._draw_noise(inputs, image_noise, text_noise)
+        has_image, padding_mask = self._presence(inputs)
+        image = self._embed_and_mask_images(inputs["images"], image_noise)
+        text = self._embed_and_mask_text(inputs.get("token_ids"), padding_mask, text_noise)
+        outputs = self._loss_masks(image, text, has_image, padding_mask)
 
-        text_tokens = text_keep_visible = text_restore = text_visible = None
-        decoder_mask = [ops.ones_like(image_visible[:, :1]), image_present]
-        if backbone.has_text:
-            padding_mask = ops.cast(inputs["padding_mask"], "bool")
-            if text_noise is None:
-                text_noise = keras.random.uniform(
-                    (batch_size, backbone.max_text_length), seed=self.seed_generator
-                )
-            text_noise = ops.where(
-                padding_mask, text_noise, ops.cast(text_noise, "float32") + _PADDING_NOISE_OFFSET
-            )
-            # The ratio applies to each caption's own real tokens.
-            num_real = ops.sum(ops.cast(padding_mask, "float32"), axis=1)
-            num_visible = ops.minimum(
-                ops.cast(ops.floor(num_real * (1.0 - self.text_mask_ratio)), "int32"),
-                self.num_text_kept,
-            )
-            text_keep, text_restore, text_visible = random_masking(
-                text_noise, self.num_text_kept, num_visible
-            )
-            text_tokens = gather_tokens(backbone.embed_text(inputs["token_ids"]), text_keep)
-            text_keep_visible = ops.take_along_axis(text_visible, text_keep, axis=1)
-            outputs["text_mask"] = ops.logical_and(padding_mask, ops.logical_not(text_visible))
-            decoder_mask.append(padding_mask)
-
-        encoded = backbone.encode(
-            image_tokens,
-            text_tokens,
+        encoded = self.backbone.encode(
+            image.tokens,
+            text.tokens,
             image_valid=has_image,
-            text_valid=text_keep_visible,
+            text_valid=text.kept_visible,
             training=training,
             return_attention_scores=return_attention_scores,
         )
@@ -190,14 +169,12 @@ class M3AEPretrainer(keras.Model):
             encoded, outputs["encoder_attention_scores"] = encoded
         decoded = self.decoder(
             encoded,
-            image_restore,
-            image_visible,
+            image.restore_ids,
+            image.visible,
             num_image_kept=self.num_image_kept,
-            text_restore_ids=text_restore,
-            text_visible=text_visible,
-            attention_mask=ops.concatenate(decoder_mask, axis=1)
-            if (has_image is not None or backbone.has_text)
-            else None,
+            text_restore_ids=text.restore_ids,
+            text_visible=text.visible,
+            attention_mask=self._decoder_attention_mask(image.visible, has_image, padding_mask),
             training=training,
             return_attention_scores=return_attention_scores,
         )
@@ -205,6 +182,63 @@ class M3AEPretrainer(keras.Model):
             outputs["decoder_attention_scores"] = decoded.pop("attention_scores")
         outputs.update(decoded)
         return outputs
+
+    def _draw_noise(self, inputs, image_noise, text_noise):
+        """Uniform masking noise for each modality the caller gave none for."""
+        batch_size = ops.shape(inputs["images"])[0]
+        if image_noise is None:
+            image_noise = keras.random.uniform(
+                (batch_size, self.backbone.num_patches), seed=self.seed_generator
+            )
+        if text_noise is None and self.backbone.has_text:
+            text_noise = keras.random.uniform(
+                (batch_size, self.backbone.max_text_length), seed=self.seed_generator
+            )
+        return image_noise, text_noise
+
+    def _presence(self, inputs):
+        """`has_image` `(B,)` and `padding_mask` `(B, T)` as bools, or None."""
+        has_image = inputs.get("has_image")
+        if has_image is not None:
+            has_image = ops.cast(has_image, "bool")
+        padding_mask = None
+        if self.backbone.has_text:
+            padding_mask = ops.cast(inputs["padding_mask"], "bool")
+        return has_image, padding_mask
+
+    def _embed_and_mask_images(self, images, noise):
+        keep_ids, restore_ids, visible = random_masking(noise, self.num_image_kept)
+        tokens = gather_tokens(self.backbone.embed_images(images), keep_ids)
+        return _Masked(tokens, restore_ids, visible, None)
+
+    def _embed_and_mask_text(self, token_ids, padding_mask, noise):
+        if not self.backbone.has_text:
+            return _Masked(None, None, None, None)
+        keep_ids, restore_ids, visible = random_text_masking(
+            noise, padding_mask, self.text_mask_ratio, self.num_text_kept
+        )
+        tokens = gather_tokens(self.backbone.embed_text(token_ids), keep_ids)
+        # Padding fills a short caption's spare encoder slots; it gets no attention.
+        kept_visible = ops.take_along_axis(visible, keep_ids, axis=1)
+        return _Masked(tokens, restore_ids, visible, kept_visible)
+
+    def _loss_masks(self, image, text, has_image, padding_mask):
+        """What the losses score: masked patches of present images, masked real tokens."""
+        masks = {"image_mask": _present(ops.logical_not(image.visible), has_image)}
+        if padding_mask is not None:
+            masks["text_mask"] = ops.logical_and(padding_mask, ops.logical_not(text.visible))
+        return masks
+
+    def _decoder_attention_mask(self, image_visible, has_image, padding_mask):
+        """`[cls | patches | tokens]` validity: absent images and padding get no attention."""
+        if has_image is None and padding_mask is None:
+            return None
+        cls_and_patches = [
+            ops.ones_like(image_visible[:, :1]),
+            _present(ops.ones_like(image_visible), has_image),
+        ]
+        extra = [] if padding_mask is None else [padding_mask]
+        return ops.concatenate(cls_and_patches + extra, axis=1)
 
     def compute_losses(self, inputs, outputs):
         """Returns `{"loss", "image_loss"[, "text_loss", "text_accuracy"]}`."""
@@ -262,11 +296,19 @@ class M3AEPretrainer(keras.Model):
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _check_data(self, x):
+        """The one place inputs are checked: Keras' entry points, on raw data.
+
+        `call` trusts its inputs; by the time it runs Keras has made tensors
+        of the arrays and token id ranges can no longer be read. Datasets are
+        checked by their element spec; generators and `PyDataset`s, read
+        lazily, are left to Keras.
+        """
         spec = getattr(x, "element_spec", None)
         if spec is not None:
             x = spec[0] if isinstance(spec, tuple) else spec
-        if isinstance(x, dict) or spec is None:
-            self.backbone.check_inputs(x)
+        elif not isinstance(x, (dict, list, tuple)) and not hasattr(x, "shape"):
+            return
+        self.backbone.check_inputs(x)
 
     def fit(self, x=None, *args, **kwargs):
         self._check_data(x)
@@ -274,6 +316,22 @@ class M3AEPretrainer(keras.Model):
             # Our pipelines shuffle already; Keras warns on shuffle=True for them.
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
+
+    def train_on_batch(self, x=None, *args, **kwargs):
+        self._check_data(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x=None, *args, **kwargs):
+        self._check_data(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_data(x)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self._check_data(x)
+        return super().predict_on_batch(x)
 
     def evaluate(self, x=None, *args, **kwargs):
         self._check_data(x)
@@ -291,46 +349,20 @@ class M3AEPretrainer(keras.Model):
             device_mesh, model_parallel_dim_name, data_parallel_dim_name
         )
 
-    # --- Looking inside ---
+    # --- Deprecated ---
 
     def reconstruct(self, inputs, image_noise=None, text_noise=None):
-        """Masked and reconstructed images, in the inputs' pixel space.
+        """Deprecated: use `keras_m3ae.analysis.reconstruct(pretrainer, inputs)`."""
+        warnings.warn(
+            "`M3AEPretrainer.reconstruct(batch)` is deprecated; use "
+            "`keras_m3ae.analysis.reconstruct(pretrainer, batch)`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # Imported here: analysis sits above models.
+        from keras_m3ae.analysis.visualization import reconstruct
 
-        Reconstructions of `norm_pix_loss` models are un-normalised with each
-        target patch's own mean and std, as the MAE visualisations do.
-
-        Args:
-            inputs: a batch dict, as for `call`.
-            image_noise: optional `(B, num_patches)` noise for the mask.
-            text_noise: optional `(B, max_text_length)` noise.
-
-        Returns:
-            dict of numpy arrays: `images`, `masked_images` (masked patches
-            zeroed), `reconstructions` (predictions with the visible patches
-            pasted back), `predictions` (raw, every patch predicted),
-            `image_mask` `(B, N)`, and for M3AE `text_mask` and
-            `predicted_token_ids` `(B, T)`.
-        """
-        outputs = self(inputs, training=False, image_noise=image_noise, text_noise=text_noise)
-        backbone = self.backbone
-        patches = patchify(ops.convert_to_tensor(inputs["images"], "float32"), backbone.patch_size)
-        predictions = ops.cast(outputs["image_predictions"], "float32")
-        if self.norm_pix_loss:
-            _, mean, std = normalize_patches(patches)
-            predictions = predictions * std + mean
-        mask = ops.cast(outputs["image_mask"], "float32")[..., None]
-        args = (backbone.patch_size, backbone.grid_size, backbone.num_channels)
-        result = {
-            "images": ops.convert_to_numpy(inputs["images"]),
-            "masked_images": unpatchify(patches * (1 - mask), *args),
-            "reconstructions": unpatchify(predictions * mask + patches * (1 - mask), *args),
-            "predictions": unpatchify(predictions, *args),
-            "image_mask": outputs["image_mask"],
-        }
-        if backbone.has_text:
-            result["text_mask"] = outputs["text_mask"]
-            result["predicted_token_ids"] = ops.argmax(outputs["text_logits"], axis=-1)
-        return {k: np.asarray(ops.convert_to_numpy(v)) for k, v in result.items()}
+        return reconstruct(self, inputs, image_noise=image_noise, text_noise=text_noise)
 
     def get_config(self):
         config = super().get_config()

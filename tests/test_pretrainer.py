@@ -232,7 +232,8 @@ def test_fit_rejects_bad_data():
 
 
 @pytest.mark.parametrize(
-    "entry_point", ["evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch"]
+    "entry_point",
+    ["__call__", "evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch"],
 )
 def test_every_entry_point_rejects_bad_data(entry_point):
     pretrainer = tiny_pretrainer()

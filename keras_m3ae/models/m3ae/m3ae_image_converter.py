@@ -5,6 +5,7 @@ from keras_hub.layers import ImageConverter
 
 from keras_m3ae.data.constants import CC12M_MEAN
 from keras_m3ae.data.constants import CC12M_STD
+from keras_m3ae.data.constants import normalization_affine
 from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
 
 
@@ -51,12 +52,7 @@ class M3AEImageConverter(ImageConverter):
         kwargs.pop("offset", None)
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
-        low, high = value_range
-        if high <= low:
-            raise ValueError(f"`value_range` must be (low, high) with low < high; got {value_range}.")
-        span = float(high - low)
-        scale = [1.0 / (span * s) for s in std]
-        offset = [-(low / span + m) / s for m, s in zip(mean, std)]
+        scale, offset = normalization_affine(value_range, mean, std)
         super().__init__(
             image_size=image_size,
             scale=scale,

@@ -298,10 +298,10 @@ class M3AEPretrainer(keras.Model):
     def _check_data(self, x):
         """The one place inputs are checked: Keras' entry points, on raw data.
 
-        `call` trusts its inputs; by the time it runs Keras has made tensors
-        of the arrays and token id ranges can no longer be read. Datasets are
-        checked by their element spec; generators and `PyDataset`s, read
-        lazily, are left to Keras.
+        `call` trusts its inputs; by the time it runs inside `fit` Keras has
+        made tensors of the arrays and token id ranges can no longer be read.
+        Direct calls and datasets (by their element spec) are checked too;
+        generators and `PyDataset`s, read lazily, are left to Keras.
         """
         spec = getattr(x, "element_spec", None)
         if spec is not None:
@@ -309,6 +309,10 @@ class M3AEPretrainer(keras.Model):
         elif not isinstance(x, (dict, list, tuple)) and not hasattr(x, "shape"):
             return
         self.backbone.check_inputs(x)
+
+    def __call__(self, inputs, *args, **kwargs):
+        self._check_data(inputs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def fit(self, x=None, *args, **kwargs):
         self._check_data(x)

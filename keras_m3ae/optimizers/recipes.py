@@ -1,12 +1,12 @@
 """The papers' training recipes as configured optimizers.
 
-- Pretraining (MAE Table 8, M3AE Table 3): AdamW, betas (0.9, 0.95), weight
+- Pretraining (MAE Table 7, M3AE Table 2): AdamW, betas (0.9, 0.95), weight
   decay 0.05, learning rate 1.5e-4 per 256 examples.
-- Linear probe (MAE Table 9, M3AE Table 4): LARS (momentum 0.9, trust
+- Linear probe (MAE Table 9, M3AE Table 3): LARS (momentum 0.9, trust
   0.001), base learning rate 0.1, no weight decay, 10 warmup epochs.
-- Fine-tuning, full or partial (MAE Table 10 and Sec. 4.3): AdamW (betas
-  0.9, 0.999), base learning rate 1e-3, weight decay 0.05, layer-wise
-  decay 0.75, 5 warmup epochs, label smoothing 0.1.
+- Fine-tuning, full or partial (MAE Table 8 and Sec. 4.3, M3AE Table 4):
+  AdamW (betas 0.9, 0.999), base learning rate 1e-3, weight decay 0.05,
+  layer-wise decay 0.75, 5 warmup epochs, label smoothing 0.1.
 
 In every recipe the variables of rank <= 1 (biases, norms, CLS / type / mask
 vectors) and embedding matrices take no weight decay
@@ -123,7 +123,7 @@ def fine_tune_optimizer(
     weight_decay=FINE_TUNE_RECIPE["weight_decay"],
     warmup_epochs=FINE_TUNE_RECIPE["warmup_epochs"],
 ):
-    """AdamW of the fine-tuning recipe (MAE Table 10).
+    """AdamW of the fine-tuning recipe (MAE Table 8, M3AE Table 4).
 
     Layer-wise decay and the weight-decay exclusions depend on the model:
     add them with `configure_optimizer`.
@@ -154,7 +154,7 @@ def fine_tune_optimizer(
 
 
 def pretrain_optimizer(learning_rate=1.5e-4, weight_decay=0.05, **kwargs):
-    """AdamW of the pretraining recipe (MAE Table 8, M3AE Table 3).
+    """AdamW of the pretraining recipe (MAE Table 7, M3AE Table 2).
 
     Args:
         learning_rate: float or schedule. 1.5e-4 is the rate for a batch of

@@ -39,7 +39,7 @@ def _preset(description, config):
 
 backbone_presets = {
     "m3ae_vit_tiny_demo": _preset(
-        "Tiny M3AE (64 px, patch 8, width 128, 4 blocks, 64 tokens) for demos and tests.",
+        "Tiny M3AE (64 px, patch 8, width 128, 4 blocks, 32 tokens) for demos and tests.",
         _vit(128, 4, 4, 64, 8, {"vocabulary_size": BERT_VOCABULARY_SIZE, "max_text_length": 32}),
     ),
     "m3ae_vit_small_patch16": _preset(

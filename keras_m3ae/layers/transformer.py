@@ -129,6 +129,9 @@ class TransformerBlock(keras.layers.Layer):
         mlp_ratio: float. MLP width as a multiple of `hidden_dim` (4 in ViT).
         drop_path_rate: float. Stochastic depth rate of both branches.
         layer_norm_epsilon: float. LayerNorm epsilon (1e-6 as in MAE/M3AE).
+        gelu_approximate: bool. Use the tanh approximation of GELU in the
+            MLP (flax's `nn.gelu`, the reference JAX M3AE) instead of the
+            exact erf form (PyTorch MAE, Hugging Face ViTMAE; default).
 
     Example:
     >>> TransformerBlock(64, 4)(np.zeros((2, 10, 64))).shape
@@ -142,6 +145,7 @@ class TransformerBlock(keras.layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        gelu_approximate=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -150,6 +154,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.gelu_approximate = gelu_approximate
         policy = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm1", dtype=policy
@@ -178,8 +183,11 @@ class TransformerBlock(keras.layers.Layer):
         if return_attention_scores:
             h, scores = h
         x = x + self.drop_path(h, training=training)
-        # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use.
-        h = self.fc2(keras.activations.gelu(self.fc1(self.norm2(x)), approximate=False))
+        # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use, unless
+        # `gelu_approximate` (tanh form, flax's default: the reference M3AE).
+        h = self.fc2(
+            keras.activations.gelu(self.fc1(self.norm2(x)), approximate=self.gelu_approximate)
+        )
         x = x + self.drop_path(h, training=training)
         return (x, scores) if return_attention_scores else x
 
@@ -195,6 +203,7 @@ class TransformerBlock(keras.layers.Layer):
                 "mlp_ratio": self.mlp_ratio,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gelu_approximate": self.gelu_approximate,
             }
         )
         return config
@@ -216,6 +225,8 @@ class TransformerStack(keras.layers.Layer):
         mlp_ratio: float. MLP width as a multiple of `hidden_dim`.
         drop_path_rate: float. Stochastic depth rate of the last block.
         layer_norm_epsilon: float. LayerNorm epsilon.
+        gelu_approximate: bool. Tanh GELU in every block (see
+            `TransformerBlock`).
 
     Example:
     >>> TransformerStack(2, 64, 4)(np.zeros((2, 10, 64))).shape
@@ -230,9 +241,11 @@ class TransformerStack(keras.layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        gelu_approximate=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gelu_approximate = gelu_approximate
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -247,6 +260,7 @@ class TransformerStack(keras.layers.Layer):
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=rate,
                 layer_norm_epsilon=layer_norm_epsilon,
+                gelu_approximate=gelu_approximate,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -289,6 +303,7 @@ class TransformerStack(keras.layers.Layer):
                 "mlp_ratio": self.mlp_ratio,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gelu_approximate": self.gelu_approximate,
             }
         )
         return config

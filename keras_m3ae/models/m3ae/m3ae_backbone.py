@@ -59,6 +59,11 @@ class M3AEBackbone(Backbone):
             the weights were pretrained at, when it differs from
             `image_size`. Position tables are then resampled to cover the
             same extent.
+        gelu_approximate: bool. Tanh GELU in the MLPs (the reference JAX
+            M3AE, flax's `nn.gelu`); default False is the exact GELU of
+            PyTorch MAE and ViTMAE.
+        use_type_embedding: bool. Learned modality type vectors (True, as
+            M3AE); False for MAE / ViTMAE weights, which have none.
         dtype: string or `keras.DTypePolicy`, e.g. `"mixed_bfloat16"`.
 
     Example:
@@ -87,6 +92,8 @@ class M3AEBackbone(Backbone):
         layer_norm_epsilon=1e-6,
         num_channels=3,
         pretrain_image_size=None,
+        gelu_approximate=False,
+        use_type_embedding=True,
         dtype=None,
         **kwargs,
     ):
@@ -116,7 +123,12 @@ class M3AEBackbone(Backbone):
             patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
         )
         self.image_position_type = PositionTypeEmbedding(
-            grid_size, hidden_dim, source_grid, dtype=dtype, name="image_position_type"
+            grid_size,
+            hidden_dim,
+            source_grid,
+            use_type_embedding=use_type_embedding,
+            dtype=dtype,
+            name="image_position_type",
         )
         if vocabulary_size:
             self.token_embedding = keras.layers.Embedding(
@@ -127,7 +139,11 @@ class M3AEBackbone(Backbone):
                 name="token_embedding",
             )
             self.text_position_type = PositionTypeEmbedding(
-                max_text_length, hidden_dim, dtype=dtype, name="text_position_type"
+                max_text_length,
+                hidden_dim,
+                use_type_embedding=use_type_embedding,
+                dtype=dtype,
+                name="text_position_type",
             )
         self.cls_token = ClassToken(hidden_dim, dtype=dtype, name="cls_token")
         self.encoder = TransformerStack(
@@ -137,6 +153,7 @@ class M3AEBackbone(Backbone):
             mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate,
             layer_norm_epsilon=layer_norm_epsilon,
+            gelu_approximate=gelu_approximate,
             dtype=dtype,
             name="encoder",
         )
@@ -169,6 +186,8 @@ class M3AEBackbone(Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.num_channels = num_channels
         self.pretrain_image_size = pretrain_image_size
+        self.gelu_approximate = gelu_approximate
+        self.use_type_embedding = use_type_embedding
 
     # --- Pieces the pretrainer and the classifier call directly. ---
 
@@ -337,6 +356,8 @@ class M3AEBackbone(Backbone):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "num_channels": self.num_channels,
                 "pretrain_image_size": self.pretrain_image_size,
+                "gelu_approximate": self.gelu_approximate,
+                "use_type_embedding": self.use_type_embedding,
             }
         )
         return config

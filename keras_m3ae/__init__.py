@@ -1,6 +1,7 @@
 """keras-m3ae: Multimodal Masked Autoencoders for Keras 3."""
 
 from keras_m3ae import analysis
+from keras_m3ae import convert
 from keras_m3ae import data
 from keras_m3ae import layers
 from keras_m3ae import optimizers

@@ -418,7 +418,19 @@ def save_hf_vitmae(out, seed=30):
         decoder_intermediate_size=128, mask_ratio=0.75, norm_pix_loss=False,
     )
     model = ViTMAEForPreTraining(config).eval()
-    _perturb_torch(model, seed, skip=("position_embeddings",))
+    # transformers 5.x's weight initialisation can leave the fixed sin-cos
+    # tables at zero (the Hub's files and 4.x have them): fill them the way
+    # its own `initialize_weights` does, as a real checkpoint has them.
+    from transformers.models.vit_mae import modeling_vit_mae
+
+    with torch.no_grad():
+        for table in (model.vit.embeddings.position_embeddings, model.decoder.decoder_pos_embed):
+            pos = modeling_vit_mae.build_2d_sinusoidal_position_embedding(
+                GRID, GRID, embed_dim=table.shape[-1], cls_token=True
+            )
+            half = pos.shape[-1] // 2
+            table.copy_(torch.cat([pos[..., half:], pos[..., :half]], dim=-1)[None])
+    _perturb_torch(model, seed, skip=("position_embeddings", "pos_embed"))
     rng = _rng(seed + 1)
     images = _images(seed + 2)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()

@@ -387,8 +387,9 @@ class M3AEBackbone(Backbone):
 
         Args:
             preset: a name in `M3AEBackbone.presets` (a freshly initialised
-                model of that architecture), or a keras-hub preset directory
-                written by `save_to_preset` (config and weights).
+                model of that architecture), a keras-hub preset directory
+                written by `save_to_preset` (config and weights), or a local
+                Hugging Face ViTMAE directory (converted on load).
             load_weights: bool. Load the preset's weights (directories only).
             **kwargs: config overrides, e.g. `dtype` or `image_size`.
 
@@ -399,6 +400,13 @@ class M3AEBackbone(Backbone):
             config = dict(backbone_presets[preset]["config"])
             config.update(kwargs)
             return cls(**config)
+        from keras_m3ae.convert.hf_vitmae import is_vitmae_dir
+
+        if is_vitmae_dir(preset):
+            # A local Hugging Face ViTMAE directory: converted on the fly.
+            from keras_m3ae.convert import load_backbone
+
+            return load_backbone(preset, **kwargs)
         if "://" not in str(preset):
             if not os.path.isdir(preset):
                 raise ValueError(

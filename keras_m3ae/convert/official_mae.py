@@ -83,7 +83,11 @@ def read_torch(path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         message = str(error).split("\n")[0]
-        if "Unsupported global" in str(error) or "weights_only" in str(error):
+        unsupported = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if unsupported:
+            common.fail(path, f"unsafe checkpoint, nothing was run: it references "
+                              f"`{unsupported.group(1)}`, which is not a tensor or plain data")
+        if "weights_only" in str(error):
             common.fail(path, f"unsafe checkpoint, nothing was run: it holds objects that are "
                               f"not tensors or plain data ({message})")
         common.fail(path, f"cannot be read as a torch checkpoint ({type(error).__name__}: {message})")

@@ -156,8 +156,22 @@ def _scalar(dtype, data=None):
     return np.frombuffer(bytes(data), dtype=dtype)[0]
 
 
-# What numpy's own pickles name, in both numpy 1.x and 2.x spellings.
-_NUMPY_GLOBALS = {}
+def _latin1_bytes(text, encoding="latin1"):
+    # Protocols < 3 write bytes as `_codecs.encode(str, "latin1")`.
+    if not isinstance(text, str) or encoding.replace("-", "") != "latin1":
+        raise UnsafePickleError("`_codecs.encode` is only allowed for latin1 bytes")
+    return text.encode("latin1")
+
+
+def _bytearray(data=b""):
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("`bytearray` is only allowed from bytes")
+    return bytearray(data)
+
+
+# What numpy's own pickles name, in both numpy 1.x and 2.x spellings, and
+# the two byte helpers older pickle protocols use.
+_NUMPY_GLOBALS = {("_codecs", "encode"): _latin1_bytes, ("builtins", "bytearray"): _bytearray}
 for _core in ("numpy.core", "numpy._core"):
     _NUMPY_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
     _NUMPY_GLOBALS[(f"{_core}.multiarray", "scalar")] = _scalar

@@ -250,6 +250,47 @@ def make_reference_mae(out, seed=10):
     )
 
 
+def make_reference_classifier(out, seed=40, num_classes=5):
+    """The reference's fine-tuning model (`finetune_main.py`: `ViTClassifier`).
+
+    `global_pool=True`: mean of the patch tokens of `forward_representation`
+    (final encoder LayerNorm included), then LayerNorm, then Dense.
+    """
+    import cloudpickle
+    import jax
+    import jax.numpy as jnp
+    from m3ae import model as m3ae_model
+
+    updates = dict(emb_dim=32, dec_emb_dim=32, depth=2, dec_depth=2, num_heads=4,
+                   dec_num_heads=2, mlp_ratio=4, use_type_embedding=True)
+    config = m3ae_model.MaskedAutoencoder.get_default_config(updates)
+    model = m3ae_model.ViTClassifier(
+        base_model=m3ae_model.MaskedAutoencoder(config_updates=config,
+                                                image_output_dim=PATCH * PATCH * 3),
+        num_classes=num_classes,
+        global_pool=True,
+    )
+    params = model.init(
+        {k: jax.random.PRNGKey(i) for i, k in enumerate(model.rng_keys())},
+        jnp.zeros((2, NUM_PATCHES, PATCH * PATCH * 3)),
+        deterministic=False,
+    )
+    params = _perturb_flax(params, seed)
+    images = _images(seed + 2)
+    patches = m3ae_model.extract_patches(jnp.asarray(images), PATCH)
+    logits = model.apply(params, patches, deterministic=True)
+    variant = {"seed": 42, "epochs": 90, "batch_size": BATCH, "patch_size": PATCH,
+               "discretized_image": False, "global_pool": True, "load_pretrained": ""}
+    variant.update(_flatten(config, "mae"))
+    variant.update({"train_data.image_size": IMAGE, "val_data.image_size": IMAGE})
+    state = _train_state(m3ae_model, params, ["bias"])
+    with open(os.path.join(out, "classifier_reference_tiny.pkl"), "wb") as f:
+        cloudpickle.dump({"step": 5, "epoch": 1, "variant": variant,
+                          "state": jax.device_get(state), "best_val_acc": 0.5}, f)
+    np.savez(os.path.join(out, "classifier_reference_tiny.npz"), images=images,
+             logits=np.asarray(logits))
+
+
 # --------------------------------------------------------------------------
 # Official MAE (PyTorch).
 # --------------------------------------------------------------------------
@@ -464,6 +505,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     make_m3ae(args.out)
     make_reference_mae(args.out)
+    make_reference_classifier(args.out)
     save_official_mae(args.out)
     save_hf_vitmae(args.out)
     sizes = {n: os.path.getsize(os.path.join(args.out, n)) for n in sorted(os.listdir(args.out))

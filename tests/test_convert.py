@@ -221,3 +221,68 @@ def test_cli_overrides_and_errors(tmp_path, capsys):
     assert main([src, dst, "--set", "num_heads=4", "--set", "decoder_num_heads=2"]) == 0
     ref = dict(np.load(os.path.join(DATA, "mae_official_tiny.npz")))
     check_parity(keras_m3ae.convert.load_checkpoint(dst), ref)
+
+
+# --- Fine-tuned classifiers ---
+
+CLASSIFIERS = {
+    "reference": ("classifier_reference_tiny.pkl", {}, ("mean", "layer_norm", True)),
+    "official_mae": ("classifier_official_tiny.pth", dict(num_heads=4), ("mean", "layer_norm", False)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classifier_parity(name, tmp_path):
+    checkpoint, overrides, head = CLASSIFIERS[name]
+    if checkpoint.endswith(".pth"):
+        pytest.importorskip("torch")
+    clf = keras_m3ae.convert.load_classifier(os.path.join(DATA, checkpoint), **overrides)
+    assert isinstance(clf, keras_m3ae.M3AEImageClassifier)
+    assert (clf.pooling, clf.feature_norm, clf.final_norm) == head
+    ref = np.load(os.path.join(DATA, checkpoint.rsplit(".", 1)[0] + ".npz"))
+    diff = float(np.abs(_np(clf(ref["images"])) - ref["logits"]).max())
+    print(f"\nparity classifier {name} [{keras.backend.backend()}]: logits {diff:.2e}")
+    assert diff <= TOLERANCE
+    # Written as a classifier preset (the CLI), the head and its pooling come back.
+    from keras_m3ae.convert.__main__ import main
+
+    extra = [f"--set=num_heads={overrides['num_heads']}"] if overrides else []
+    assert main([os.path.join(DATA, checkpoint), str(tmp_path / "clf"), "--classifier"] + extra) == 0
+    restored = keras_m3ae.M3AEImageClassifier.from_preset(str(tmp_path / "clf"))
+    assert (restored.pooling, restored.feature_norm, restored.final_norm) == head
+    assert float(np.abs(_np(restored(ref["images"])) - ref["logits"]).max()) <= TOLERANCE
+
+
+def test_classifier_heads_selectable_from_scratch():
+    backbone = keras_m3ae.M3AEBackbone(
+        image_size=32, patch_size=8, vocabulary_size=None, hidden_dim=32, num_layers=2,
+        num_heads=4, use_type_embedding=False)
+    clf = keras_m3ae.M3AEImageClassifier(
+        backbone, num_classes=3, pooling="mean", feature_norm="layer_norm", final_norm=False)
+    config = clf.get_config()
+    assert config["feature_norm"] == "layer_norm" and config["final_norm"] is False
+    assert _np(clf(np.zeros((2, 32, 32, 3), "float32"))).shape == (2, 3)
+    with pytest.raises(ValueError, match="linear probe"):
+        keras_m3ae.M3AEImageClassifier(backbone, num_classes=3, fine_tune_blocks=0,
+                                       feature_norm="layer_norm")
+
+
+def test_classifier_with_learned_positions_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(os.path.join(DATA, "classifier_official_tiny.pth"), weights_only=True)
+    checkpoint["model"]["pos_embed"][:, 1:] += 0.01  # as timm's fine-tuning moves it
+    path = tmp_path / "checkpoint-99.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="pos_embed is not the fixed 2-D sin-cos table"):
+        keras_m3ae.convert.load_classifier(str(path), num_heads=4)
+    with pytest.raises(CheckpointError, match="load_classifier"):
+        keras_m3ae.convert.load_checkpoint(os.path.join(DATA, "classifier_official_tiny.pth"),
+                                           num_heads=4)
+
+
+def test_classifier_pickle_sent_to_load_checkpoint_is_explained():
+    with pytest.raises(CheckpointError, match="classifier_reference_tiny.pkl: .*load_classifier"):
+        keras_m3ae.convert.load_checkpoint(os.path.join(DATA, "classifier_reference_tiny.pkl"))

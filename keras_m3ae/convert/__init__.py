@@ -12,7 +12,9 @@ and returns an `M3AEPretrainer` whose outputs match the original code's
 (max abs difference ~1e-6 on the test fixtures, on jax, tensorflow and
 torch). `save_preset` writes a keras-hub preset directory that
 `M3AEBackbone.from_preset(dir)` loads, plus the decoder so pretraining can
-continue.
+continue. `load_classifier(path)` reads fine-tuned classifiers (reference
+M3AE/MAE fine-tuning pickles, official MAE fine-tuned `.pth`) into
+`M3AEImageClassifier` with their own pooling and head.
 """
 
 import json
@@ -121,6 +123,21 @@ def load_checkpoint(path, **overrides):
     return load_preset(path, **overrides)
 
 
+def load_classifier(path, **overrides):
+    """Loads a fine-tuned classifier as an `M3AEImageClassifier`.
+
+    Reference M3AE/MAE fine-tuning pickles and official MAE fine-tuned
+    `.pth` files, each with its own pooling and head; see
+    `keras_m3ae.convert.classifier`.
+
+    Example:
+    >>> clf = keras_m3ae.convert.load_classifier("finetuned/model.pkl")
+    """
+    from keras_m3ae.convert import classifier
+
+    return classifier.load_classifier(path, **overrides)
+
+
 def load_backbone(path, **overrides):
     """Like `load_checkpoint`, but returns only the `M3AEBackbone`.
 
@@ -192,6 +209,7 @@ __all__ = [
     "detect_format",
     "load_backbone",
     "load_checkpoint",
+    "load_classifier",
     "load_preset",
     "save_preset",
 ]

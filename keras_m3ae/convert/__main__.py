@@ -4,6 +4,9 @@ SRC is a reference M3AE/MAE pickle, an official MAE `.pth` or a Hugging
 Face ViTMAE directory; DST is a new preset directory holding the encoder
 (`M3AEBackbone.from_preset(DST)`) and the decoder
 (`keras_m3ae.convert.load_checkpoint(DST)` to continue pretraining).
+With `--classifier`, SRC is a fine-tuned classifier (reference
+`finetune_main.py` pickle or official MAE fine-tuned `.pth`) and DST a
+classifier preset for `M3AEImageClassifier.from_preset(DST)`.
 
 Example:
     python -m keras_m3ae.convert checkpoint-799.pth mae_vit_large/ \
@@ -44,17 +47,34 @@ def main(argv=None):
         metavar="KEY=VALUE",
         help="architecture override, e.g. num_heads=16 or decoder_num_heads=16 (repeatable)",
     )
+    parser.add_argument(
+        "--classifier",
+        action="store_true",
+        help="SRC is a fine-tuned classifier; write an M3AEImageClassifier preset",
+    )
     args = parser.parse_args(argv)
 
     from keras_m3ae.convert import CheckpointError
     from keras_m3ae.convert import load_checkpoint
+    from keras_m3ae.convert import load_classifier
     from keras_m3ae.convert import save_preset
 
     try:
-        pretrainer = load_checkpoint(args.src, **dict(args.overrides))
+        if args.classifier:
+            classifier = load_classifier(args.src, **dict(args.overrides))
+        else:
+            pretrainer = load_checkpoint(args.src, **dict(args.overrides))
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.classifier:
+        classifier.save_to_preset(args.dst)
+        print(
+            f"wrote {args.dst}: M3AEImageClassifier num_classes={classifier.num_classes} "
+            f"pooling={classifier.pooling} feature_norm={classifier.feature_norm} "
+            f"final_norm={classifier.final_norm}"
+        )
+        return 0
     save_preset(pretrainer, args.dst)
     backbone = pretrainer.backbone
     print(

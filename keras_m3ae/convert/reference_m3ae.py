@@ -244,6 +244,9 @@ def load(path, **overrides):
         what = data["state"]
         what = what.qualname if hasattr(what, "qualname") else type(what).__name__
         common.fail(path, f"`state` ({what}) holds no `params['params']` tree")
+    if "base_model" in params:
+        common.fail(path, "a fine-tuned classifier checkpoint (`base_model` with a head); "
+                          "load it with `load_classifier`")
     flat = _flatten(path, params)
     backbone_config, pretrainer_config = read_config(path, data["variant"], flat, overrides)
     weights = {}

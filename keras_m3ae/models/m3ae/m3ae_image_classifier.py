@@ -73,6 +73,13 @@ class M3AEImageClassifier(ImageClassifier):
         drop_path_rate: optional float: rebuilds the backbone with this
             stochastic-depth rate (fine-tuning recipe: 0.1).
         activation: optional head activation; None returns logits.
+        feature_norm: None or `"layer_norm"`: a LayerNorm (`fc_norm`,
+            the backbone's epsilon) on the pooled feature before the head,
+            as the official MAE `global_pool` head and the reference M3AE
+            fine-tuning head have. Not with the linear probe.
+        final_norm: bool. Pool the encoder output after its final
+            LayerNorm (True, default); False pools the last block's output
+            (official MAE `global_pool=True`, which has no final norm).
         head_dtype: optional dtype policy of the head.
 
     Example:
@@ -97,6 +104,8 @@ class M3AEImageClassifier(ImageClassifier):
         drop_path_rate=None,
         activation=None,
         head_dtype=None,
+        feature_norm=None,
+        final_norm=True,
         **kwargs,
     ):
         if num_classes is None:
@@ -107,6 +116,10 @@ class M3AEImageClassifier(ImageClassifier):
             )
         if pooling not in ("token", "mean"):
             raise ValueError(f"`pooling` must be 'token' or 'mean'; got {pooling!r}.")
+        if feature_norm not in (None, "layer_norm"):
+            raise ValueError(f"`feature_norm` must be None or 'layer_norm'; got {feature_norm!r}.")
+        if feature_norm is not None and fine_tune_blocks == 0:
+            raise ValueError("`feature_norm` is a fine-tuning head; the linear probe has its own.")
         depth = backbone.num_layers
         if fine_tune_blocks is not None and (
             isinstance(fine_tune_blocks, bool)
@@ -144,6 +157,11 @@ class M3AEImageClassifier(ImageClassifier):
             )
         else:
             self.head_norm = None
+        self.feature_norm_layer = None
+        if feature_norm == "layer_norm":
+            self.feature_norm_layer = keras.layers.LayerNormalization(
+                epsilon=backbone.layer_norm_epsilon, dtype=head_dtype, name="fc_norm"
+            )
         self.output_dense = keras.layers.Dense(
             num_classes,
             activation=activation,
@@ -157,6 +175,8 @@ class M3AEImageClassifier(ImageClassifier):
         feature_shape = (None, backbone.hidden_dim)
         if self.head_norm is not None:
             self.head_norm.build(feature_shape)
+        if self.feature_norm_layer is not None:
+            self.feature_norm_layer.build(feature_shape)
         self.output_dense.build(feature_shape)
         self.built = True
 
@@ -165,6 +185,8 @@ class M3AEImageClassifier(ImageClassifier):
         self.pooling = pooling
         self.fine_tune_blocks = fine_tune_blocks
         self.activation = activation
+        self.feature_norm = feature_norm
+        self.final_norm = final_norm
         self.dropout = 0.0
         self._set_trainable()
         if compile_now:
@@ -205,7 +227,12 @@ class M3AEImageClassifier(ImageClassifier):
         backbone = self.backbone
         if self.fine_tune_blocks == 0:
             training = False  # a frozen encoder runs in inference mode
-        x = backbone.encode(backbone.embed_images(images), training=training)
+        if self.final_norm:
+            x = backbone.encode(backbone.embed_images(images), training=training)
+        else:  # the blocks alone, without the encoder's final LayerNorm
+            x = backbone.cls_token(backbone.embed_images(images))
+            for block in backbone.encoder.blocks:
+                x = block(x, training=training)
         if self.pooling == "token":
             return x[:, 0]
         return ops.mean(x[:, 1:], axis=1)
@@ -216,6 +243,8 @@ class M3AEImageClassifier(ImageClassifier):
         x = self.image_features(inputs, training=training)
         if self.head_norm is not None:
             x = self.head_norm(x, training=training)
+        if self.feature_norm_layer is not None:
+            x = self.feature_norm_layer(x)
         return self.output_dense(x)
 
     def compute_output_shape(self, input_shape):
@@ -340,8 +369,10 @@ class M3AEImageClassifier(ImageClassifier):
         return [self.optimizer] if getattr(self, "optimizer", None) is not None else []
 
     def no_weight_decay_variables(self):
-        """Backbone's no-decay variables plus the head's bias."""
+        """Backbone's no-decay variables plus the head's bias (and `fc_norm`)."""
         head = [v for v in self.output_dense.weights if len(v.shape) <= 1]
+        if self.feature_norm_layer is not None:
+            head += list(self.feature_norm_layer.weights)
         return self.backbone.no_weight_decay_variables() + head
 
     def get_config(self):
@@ -354,6 +385,8 @@ class M3AEImageClassifier(ImageClassifier):
                 "activation": keras.activations.serialize(self.activation)
                 if self.activation is not None
                 else None,
+                "feature_norm": self.feature_norm,
+                "final_norm": self.final_norm,
             }
         )
         return config

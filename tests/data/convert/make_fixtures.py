@@ -297,7 +297,7 @@ def make_reference_classifier(out, seed=40, num_classes=5):
 
 
 def _install_timm_stand_in():
-    """A `timm.models.vision_transformer` with the two layers MAE imports.
+    """A `timm.models.vision_transformer` with the layers MAE imports.
 
     Behaviour of timm 0.3.2: pre-norm block, fused qkv split as
     (3, heads, head_dim), exact GELU MLP, strided-conv patch embedding.
@@ -355,14 +355,37 @@ def _install_timm_stand_in():
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
 
+    class VisionTransformer(nn.Module):
+        # What models_vit.py subclasses; it overrides `forward_features`.
+        def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
+                     embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False,
+                     qk_scale=None, representation_size=None, drop_rate=0.0,
+                     attn_drop_rate=0.0, drop_path_rate=0.0, hybrid_backbone=None,
+                     norm_layer=nn.LayerNorm):
+            super().__init__()
+            self.num_features = self.embed_dim = embed_dim
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+            num_patches = self.patch_embed.num_patches
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+            self.pos_drop = nn.Dropout(p=drop_rate)
+            self.blocks = nn.ModuleList([
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, norm_layer=norm_layer)
+                for _ in range(depth)])
+            self.norm = norm_layer(embed_dim)
+            self.pre_logits = nn.Identity()
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        def forward(self, x):
+            return self.head(self.forward_features(x))
+
     timm = types.ModuleType("timm")
     models = types.ModuleType("timm.models")
     vit = types.ModuleType("timm.models.vision_transformer")
-    vit.PatchEmbed, vit.Block = PatchEmbed, Block
+    vit.PatchEmbed, vit.Block, vit.VisionTransformer = PatchEmbed, Block, VisionTransformer
     timm.models, models.vision_transformer = models, vit
     sys.modules.update({"timm": timm, "timm.models": models,
                         "timm.models.vision_transformer": vit})
-    del torch
 
 
 def _perturb_torch(model, seed, skip=("pos_embed",)):
@@ -441,6 +464,46 @@ def save_official_mae(out, seed=20):
     )
 
 
+def save_official_classifier(out, seed=50, num_classes=5):
+    """An official MAE fine-tuned classifier (`models_vit.py`, `global_pool=True`).
+
+    Its position embedding is the fixed sin-cos table it was initialised
+    with from the pretrained checkpoint (timm learns it during fine-tuning;
+    this fixture keeps it fixed so the rest can be compared exactly).
+    """
+    import torch
+    from functools import partial
+
+    _install_timm_stand_in()
+    np.float = float
+    import models_vit
+    from util.pos_embed import get_2d_sincos_pos_embed
+
+    torch.manual_seed(seed)
+    model = models_vit.VisionTransformer(
+        global_pool=True, img_size=IMAGE, patch_size=PATCH, embed_dim=32, depth=2,
+        num_heads=4, mlp_ratio=4, qkv_bias=True, num_classes=num_classes,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+    ).eval()
+    _perturb_torch(model, seed)
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.from_numpy(
+            get_2d_sincos_pos_embed(32, GRID, cls_token=True)).float()[None])
+    images = _images(seed + 2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        logits = model(x)
+    args = argparse.Namespace(
+        batch_size=BATCH, epochs=100, model="vit_tiny_patch8", input_size=IMAGE,
+        drop_path=0.1, global_pool=True, nb_classes=num_classes, finetune="mae_tiny.pth",
+        layer_decay=0.75, smoothing=0.1, mixup=0.8, cutmix=1.0,
+    )
+    torch.save({"model": model.state_dict(), "epoch": 99, "args": args},
+               os.path.join(out, "classifier_official_tiny.pth"))
+    np.savez(os.path.join(out, "classifier_official_tiny.npz"), images=images,
+             logits=logits.numpy())
+
+
 # --------------------------------------------------------------------------
 # Hugging Face ViTMAE.
 # --------------------------------------------------------------------------
@@ -507,6 +570,7 @@ def main():
     make_reference_mae(args.out)
     make_reference_classifier(args.out)
     save_official_mae(args.out)
+    save_official_classifier(args.out)
     save_hf_vitmae(args.out)
     sizes = {n: os.path.getsize(os.path.join(args.out, n)) for n in sorted(os.listdir(args.out))
              if os.path.isfile(os.path.join(args.out, n))}

@@ -286,3 +286,19 @@ def test_classifier_with_learned_positions_refused(tmp_path):
 def test_classifier_pickle_sent_to_load_checkpoint_is_explained():
     with pytest.raises(CheckpointError, match="classifier_reference_tiny.pkl: .*load_classifier"):
         keras_m3ae.convert.load_checkpoint(os.path.join(DATA, "classifier_reference_tiny.pkl"))
+
+
+def test_hf_without_qkv_bias(tmp_path):
+    from keras_m3ae.convert.hf_vitmae import read_safetensors
+
+    source = os.path.join(DATA, "vitmae_hf_tiny")
+    tensors = read_safetensors(os.path.join(source, "model.safetensors"))
+    tensors = {k: v for k, v in tensors.items()
+               if not (k.endswith(("query.bias", "key.bias", "value.bias")))}
+    config = json.load(open(os.path.join(source, "config.json")))
+    config["qkv_bias"] = False
+    json.dump(config, open(tmp_path / "config.json", "w"))
+    _write_safetensors(tmp_path / "model.safetensors", tensors)
+    pretrainer = keras_m3ae.convert.load_checkpoint(str(tmp_path))
+    biases = [v for v in pretrainer.weights if v.path.endswith("qkv/bias")]
+    assert biases and all(not np.any(_np(v)) for v in biases)

@@ -11,7 +11,9 @@ so neither `safetensors` nor `transformers` is needed; a directory with only
 Facts carried over: separate query/key/value projections (fused here into
 one `qkv` kernel in that order); `layer_norm_eps` from the config (1e-12 by
 default); exact GELU (`hidden_act: gelu`); fixed sin-cos positions with a
-zero class-token row (stored, and checked here); no type vectors.
+zero class-token row (stored, and checked here); no type vectors;
+`qkv_bias: false` means zero biases; `hidden_act` `gelu_new` /
+`gelu_pytorch_tanh` map to `gelu_approximate=True`.
 """
 
 import json
@@ -40,6 +42,8 @@ LAYER_MAP = {
     "output.dense.bias": ("fc2/bias", None),
 }
 QKV = ("query", "key", "value")
+# `hidden_act` -> gelu_approximate (tanh form).
+_GELU_FORMS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
 TOP_MAP = {
     "vit.embeddings.cls_token": ("backbone/cls_token/cls_token", common.vector),
     "vit.embeddings.patch_embeddings.projection.weight": (
@@ -141,8 +145,9 @@ def read_config(path):
         common.fail(config_path, f"cannot be read as JSON ({error})")
     if config.get("model_type") != "vit_mae":
         common.fail(config_path, f"model_type is {config.get('model_type')!r}, not 'vit_mae'")
-    if config.get("hidden_act", "gelu") != "gelu":
-        common.fail(config_path, f"hidden_act {config['hidden_act']!r}: only exact 'gelu' is supported")
+    if config.get("hidden_act", "gelu") not in _GELU_FORMS:
+        common.fail(config_path, f"hidden_act {config['hidden_act']!r}: only "
+                                 f"{', '.join(sorted(_GELU_FORMS))} are supported")
     return config
 
 
@@ -175,7 +180,7 @@ def configs(config, overrides, has_decoder):
         mlp_ratio=config.get("intermediate_size", 3072) / width,
         layer_norm_epsilon=config.get("layer_norm_eps", 1e-12),
         num_channels=config.get("num_channels", 3),
-        gelu_approximate=False,
+        gelu_approximate=_GELU_FORMS[config.get("hidden_act", "gelu")],
         use_type_embedding=False,
     )
     backbone.update(backbone_overrides)
@@ -197,6 +202,11 @@ def configs(config, overrides, has_decoder):
         )
     pretrainer.update(pretrainer_overrides)
     return backbone, pretrainer
+
+
+def _projection_width(fused, block):
+    """Output width of one of a block's query/key/value projections."""
+    return next(iter(fused[(block, "weight")].values())).shape[0]
 
 
 def load(path, **overrides):
@@ -241,6 +251,10 @@ def load(path, **overrides):
             common.fail(file, f"tensor {key} has no counterpart in the model")
         name, transform = target
         mapped[name] = transform(value) if transform else value
+    if not config.get("qkv_bias", True):  # no biases stored: they are zero
+        for block, _ in list(fused):
+            width = _projection_width(fused, block)
+            fused.setdefault((block, "bias"), {n: np.zeros(width, np.float32) for n in QKV})
     for (block, kind), pieces in fused.items():
         if set(pieces) != set(QKV):
             common.fail(file, f"{block}: query/key/value incomplete (found {sorted(pieces)})")

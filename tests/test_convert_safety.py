@@ -65,6 +65,7 @@ def _respell(payload, old, new):
     return out[:3] + size.to_bytes(8, "little") + out[11:]
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 @pytest.mark.parametrize("protocol", [2, 5])
 @pytest.mark.parametrize("spelling", ["numpy.core", "numpy._core"])
 def test_restricted_unpickler_rebuilds_numpy_both_spellings(tmp_path, protocol, spelling):
@@ -83,12 +84,14 @@ def test_restricted_unpickler_rebuilds_numpy_both_spellings(tmp_path, protocol, 
     assert data["s"] == np.float32(1.5)
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_object_arrays_refused(tmp_path):
     path = _write(tmp_path / "objects.pkl", np.array([1, "x"], dtype=object))
     with pytest.raises(safe_pickle.UnsafePickleError, match="object"):
         safe_pickle.load_pickle(path)
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_unknown_kind(tmp_path):
     path = tmp_path / "weights.dat"
     path.write_text("this is not a checkpoint")
@@ -101,6 +104,7 @@ def test_unknown_kind(tmp_path):
     _load_fails(tmp_path / "dir", "neither a Hugging Face ViTMAE directory")
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_truncated_files(tmp_path):
     for name in ("m3ae_tiny.pkl", "mae_official_tiny.pth"):
         if name.endswith(".pth"):
@@ -129,6 +133,7 @@ def test_shapes_contradicting_config(tmp_path):
     _load_fails(hf, "no tensor for backbone/encoder/block_2")
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_os_system_payload_refused(tmp_path):
     sentinel = tmp_path / "pwned"
     payload = pickle.dumps({"step": 0, "variant": {}, "state": _Call(os.system, f"touch {sentinel}")})
@@ -143,6 +148,7 @@ def test_os_system_payload_refused(tmp_path):
     assert not sentinel.exists()
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_exec_leaf_refused(tmp_path):
     sentinel = tmp_path / "pwned"
     variant, params = _reference_params()
@@ -154,6 +160,7 @@ def test_exec_leaf_refused(tmp_path):
     assert not sentinel.exists()
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_cloudpickle_by_value_function_refused(tmp_path):
     cloudpickle = pytest.importorskip("cloudpickle")
     sentinel = str(tmp_path / "pwned")
@@ -175,6 +182,7 @@ def test_cloudpickle_by_value_function_refused(tmp_path):
     assert not os.path.exists(sentinel)
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_payload_in_pth_args_refused(tmp_path):
     torch = pytest.importorskip("torch")
     sentinel = tmp_path / "pwned"
@@ -189,12 +197,14 @@ def test_payload_in_pth_args_refused(tmp_path):
     assert not sentinel.exists()
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_missing_head_count_is_explained():
     pytest.importorskip("torch")
     message = _load_fails(os.path.join(DATA, "mae_official_tiny.pth"), "num_heads")
     assert "width 32" in message
 
 
+@pytest.mark.backend_independent  # no Keras model is built
 def test_dangerous_globals_refused_anywhere(tmp_path):
     import subprocess
 

@@ -205,7 +205,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # The Python implementation: eve
         raise UnsafePickleError(f"it uses a persistent id ({pid!r}), which is not supported")
 
     def _call(self, callee, args, kwargs=None):
-        if callable(callee) and callee in _NUMPY_GLOBALS.values():
+        if callee is np.ndarray:  # only ever an argument of `_reconstruct`
+            raise UnsafePickleError("it calls `numpy.ndarray` directly; refused")
+        if any(callee is allowed for allowed in _NUMPY_GLOBALS.values()):
             return callee(*args, **(kwargs or {}))
         if isinstance(callee, PickledObject) and callee.makes_function:
             raise UnsafePickleError(

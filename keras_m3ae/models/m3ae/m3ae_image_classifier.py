@@ -220,7 +220,8 @@ class M3AEImageClassifier(ImageClassifier):
             backbone.text_position_type.trainable = False
         for i, block in enumerate(backbone.encoder.blocks):
             block.trainable = k is None or i >= depth - k
-        backbone.encoder.norm.trainable = k is None or k > 0
+        # Without `final_norm` the encoder's final norm is unused: frozen.
+        backbone.encoder.norm.trainable = (k is None or k > 0) and self.final_norm
 
     def image_features(self, images, training=False):
         """Pooled encoder features `(B, hidden_dim)` of preprocessed images."""

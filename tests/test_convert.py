@@ -267,20 +267,29 @@ def test_classifier_heads_selectable_from_scratch():
                                        feature_norm="layer_norm")
 
 
-def test_classifier_with_learned_positions_refused(tmp_path):
+def test_classifier_positions_learned_or_fixed(tmp_path):
+    """timm learns `pos_embed` in fine-tuning: a moved table becomes a weight."""
     torch = pytest.importorskip("torch")
     import argparse
 
+    from keras_m3ae.layers.sincos import sincos_2d
+
+    source = os.path.join(DATA, "classifier_official_tiny.pth")
+    clf = keras_m3ae.convert.load_classifier(source, num_heads=4)
+    assert clf.backbone.learned_positions
+    positions = clf.backbone.image_position_type.positions
+    assert any(v is positions for v in clf.no_weight_decay_variables())
     with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(os.path.join(DATA, "classifier_official_tiny.pth"), weights_only=True)
-    checkpoint["model"]["pos_embed"][:, 1:] += 0.01  # as timm's fine-tuning moves it
+        checkpoint = torch.load(source, weights_only=True)
+    table = np.concatenate([np.zeros((1, 32), "float32"), sincos_2d((4, 4), 32)])
+    checkpoint["model"]["pos_embed"] = torch.from_numpy(table)[None]
     path = tmp_path / "checkpoint-99.pth"
     torch.save(checkpoint, path)
-    with pytest.raises(CheckpointError, match="pos_embed is not the fixed 2-D sin-cos table"):
-        keras_m3ae.convert.load_classifier(str(path), num_heads=4)
+    fixed = keras_m3ae.convert.load_classifier(str(path), num_heads=4)
+    assert not fixed.backbone.learned_positions
+    assert not any("positions" in v.path for v in fixed.weights)
     with pytest.raises(CheckpointError, match="load_classifier"):
-        keras_m3ae.convert.load_checkpoint(os.path.join(DATA, "classifier_official_tiny.pth"),
-                                           num_heads=4)
+        keras_m3ae.convert.load_checkpoint(source, num_heads=4)
 
 
 def test_classifier_pickle_sent_to_load_checkpoint_is_explained():

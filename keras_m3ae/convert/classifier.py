@@ -10,8 +10,9 @@
   last block's output is pooled over the patch tokens, then `fc_norm`, then
   `head` (the final `norm` is deleted); otherwise the final `norm`'s CLS
   output feeds `head`. timm's ViT learns its position embedding during
-  fine-tuning; this library's positions are the fixed sin-cos table, so a
-  checkpoint whose `pos_embed` moved away from it is refused.
+  fine-tuning: a `pos_embed` that moved away from the fixed sin-cos table
+  becomes a trainable table (`learned_positions=True`), its class-token row
+  folded into the CLS vector (the two are only ever added).
 """
 
 import numpy as np
@@ -116,6 +117,8 @@ def load_official(path, **overrides):
     depth = 1 + max(int(k.split(".")[1]) for k in blocks)
     grid = int(round(np.sqrt(weights["pos_embed"].shape[1] - 1)))
     global_pool = "fc_norm.weight" in weights
+    positions = np.asarray(weights.pop("pos_embed")).reshape(-1, width)
+    learned = not common.is_fixed_position_table(positions, (grid, grid), width)
     backbone_config = dict(
         image_size=getattr(args, "input_size", None) or grid * patch_size,
         patch_size=patch_size,
@@ -127,6 +130,7 @@ def load_official(path, **overrides):
         layer_norm_epsilon=1e-6,
         num_channels=channels,
         use_type_embedding=False,
+        learned_positions=learned,
     )
     head = dict(
         num_classes=int(weights["head.weight"].shape[0]),
@@ -135,8 +139,9 @@ def load_official(path, **overrides):
         final_norm=not global_pool,
     )
     classifier = _build(backbone_config, head, overrides)
-    grid_size = classifier.backbone.grid_size
-    common.check_position_table(path, "pos_embed", weights.pop("pos_embed"), grid_size, width)
+    if tuple(classifier.backbone.grid_size) != (grid, grid) or positions.shape[0] != grid * grid + 1:
+        common.fail(path, f"pos_embed has {positions.shape[0] - 1} patch positions; the "
+                          f"configuration implies {classifier.backbone.grid_size}")
     mapped = {
         "head/kernel": common.linear(weights.pop("head.weight")),
         "head/bias": weights.pop("head.bias"),
@@ -144,6 +149,10 @@ def load_official(path, **overrides):
     if global_pool:
         mapped["head_norm/gamma"] = weights.pop("fc_norm.weight")
         mapped["head_norm/beta"] = weights.pop("fc_norm.bias")
+    if learned:
+        mapped["backbone/image_position_type/positions"] = positions[1:]
+        # timm adds pos_embed[0] to the CLS token and nothing else: fold it in.
+        weights["cls_token"] = np.asarray(weights["cls_token"]).reshape(-1) + positions[0]
     for key, value in weights.items():
         target = official_mae._target(key)
         if target is None or not target[0].startswith("backbone/"):

@@ -129,6 +129,15 @@ def assign_weights(path, pretrainer, weights, has_decoder=True):
         )
 
 
+def is_fixed_position_table(table, grid_size, hidden_dim, tolerance=1e-4):
+    """Whether a stored `(1 + N, D)` table is the fixed sin-cos one (zero CLS row)."""
+    table = np.asarray(table, np.float32).reshape(-1, hidden_dim)
+    expected = sincos_2d(grid_size, hidden_dim)
+    if table.shape[0] != expected.shape[0] + 1:
+        return False
+    return bool(np.abs(table[0]).max() <= 1e-6 and np.abs(table[1:] - expected).max() <= tolerance)
+
+
 def check_position_table(path, name, table, grid_size, hidden_dim, has_cls=True):
     """Checks a stored fixed sin-cos table against the one the model computes.
 

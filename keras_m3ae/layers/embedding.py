@@ -71,6 +71,9 @@ class PositionTypeEmbedding(keras.layers.Layer):
         use_type_embedding: bool. Whether to add the learned type vector
             (True); False adds positions only and has no weight, as MAE,
             ViTMAE and reference M3AE models trained without type vectors.
+        learned_positions: bool. Make the position table a trainable
+            weight (`positions`, initialised with the sin-cos table), as
+            timm's ViT in MAE fine-tuning has it. Default False: fixed.
 
     Example:
     >>> PositionTypeEmbedding((4, 4), 64)(np.zeros((2, 16, 64))).shape
@@ -78,10 +81,17 @@ class PositionTypeEmbedding(keras.layers.Layer):
     """
 
     def __init__(
-        self, sequence_shape, hidden_dim, source_grid_size=None, use_type_embedding=True, **kwargs
+        self,
+        sequence_shape,
+        hidden_dim,
+        source_grid_size=None,
+        use_type_embedding=True,
+        learned_positions=False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.use_type_embedding = use_type_embedding
+        self.learned_positions = learned_positions
         self.sequence_shape = (
             tuple(sequence_shape) if isinstance(sequence_shape, (list, tuple)) else sequence_shape
         )
@@ -95,6 +105,13 @@ class PositionTypeEmbedding(keras.layers.Layer):
             self.table = sincos_1d(range(self.sequence_shape), hidden_dim)
 
     def build(self, input_shape):
+        if self.learned_positions:
+            table = self.table
+            self.positions = self.add_weight(
+                shape=table.shape,
+                initializer=lambda shape, dtype=None: ops.convert_to_tensor(table, dtype),
+                name="positions",
+            )
         if not self.use_type_embedding:
             return
         self.type_embedding = self.add_weight(
@@ -104,7 +121,10 @@ class PositionTypeEmbedding(keras.layers.Layer):
         )
 
     def call(self, x):
-        table = ops.convert_to_tensor(self.table, dtype=self.compute_dtype)
+        if self.learned_positions:
+            table = ops.cast(self.positions, self.compute_dtype)
+        else:
+            table = ops.convert_to_tensor(self.table, dtype=self.compute_dtype)
         if not self.use_type_embedding:
             return x + table
         return x + table + ops.cast(self.type_embedding, self.compute_dtype)
@@ -120,6 +140,7 @@ class PositionTypeEmbedding(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "source_grid_size": self.source_grid_size,
                 "use_type_embedding": self.use_type_embedding,
+                "learned_positions": self.learned_positions,
             }
         )
         return config

@@ -64,6 +64,9 @@ class M3AEBackbone(Backbone):
             PyTorch MAE and ViTMAE.
         use_type_embedding: bool. Learned modality type vectors (True, as
             M3AE); False for MAE / ViTMAE weights, which have none.
+        learned_positions: bool. Trainable image position table
+            (initialised with the sin-cos one), as timm's ViT learns it in
+            MAE fine-tuning. Default False: the fixed table.
         dtype: string or `keras.DTypePolicy`, e.g. `"mixed_bfloat16"`.
 
     Example:
@@ -94,6 +97,7 @@ class M3AEBackbone(Backbone):
         pretrain_image_size=None,
         gelu_approximate=False,
         use_type_embedding=True,
+        learned_positions=False,
         dtype=None,
         **kwargs,
     ):
@@ -117,6 +121,11 @@ class M3AEBackbone(Backbone):
         if pretrain_image_size is not None and _pair(pretrain_image_size) != (height, width):
             ph, pw = _pair(pretrain_image_size)
             source_grid = (ph // patch_size, pw // patch_size)
+            if learned_positions:
+                raise ValueError(
+                    "`learned_positions` tables cannot be resampled to another "
+                    "`image_size`; keep the pretraining size."
+                )
 
         # === Layers ===
         self.patch_embedding = PatchEmbedding(
@@ -127,6 +136,7 @@ class M3AEBackbone(Backbone):
             hidden_dim,
             source_grid,
             use_type_embedding=use_type_embedding,
+            learned_positions=learned_positions,
             dtype=dtype,
             name="image_position_type",
         )
@@ -188,6 +198,7 @@ class M3AEBackbone(Backbone):
         self.pretrain_image_size = pretrain_image_size
         self.gelu_approximate = gelu_approximate
         self.use_type_embedding = use_type_embedding
+        self.learned_positions = learned_positions
 
     # --- Pieces the pretrainer and the classifier call directly. ---
 
@@ -321,12 +332,15 @@ class M3AEBackbone(Backbone):
         """Variables the papers exclude from weight decay.
 
         Biases, LayerNorm scales and offsets, the CLS and type vectors
-        (every variable of rank <= 1) and the text embedding matrix; found
-        from the structure, not by matching names.
+        (every variable of rank <= 1), the text embedding matrix and a
+        learned position table; found from the structure, not by matching
+        names.
         """
         variables = [v for v in self.weights if len(v.shape) <= 1]
         if self.has_text:
             variables.append(self.token_embedding.embeddings)
+        if self.learned_positions:
+            variables.append(self.image_position_type.positions)
         return variables
 
     @property
@@ -358,6 +372,7 @@ class M3AEBackbone(Backbone):
                 "pretrain_image_size": self.pretrain_image_size,
                 "gelu_approximate": self.gelu_approximate,
                 "use_type_embedding": self.use_type_embedding,
+                "learned_positions": self.learned_positions,
             }
         )
         return config

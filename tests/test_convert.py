@@ -311,3 +311,35 @@ def test_hf_without_qkv_bias(tmp_path):
     pretrainer = keras_m3ae.convert.load_checkpoint(str(tmp_path))
     biases = [v for v in pretrainer.weights if v.path.endswith("qkv/bias")]
     assert biases and all(not np.any(_np(v)) for v in biases)
+
+
+def test_reference_classifier_from_m3ae_encoder(tmp_path):
+    """`finetune_main.py` on M3AE weights: the base model keeps unused text parameters."""
+    import pickle
+
+    from keras_m3ae.convert import safe_pickle
+
+    data = safe_pickle.load_pickle(os.path.join(DATA, "classifier_reference_tiny.pkl"))
+    params = data["state"].state["params"]["params"]
+    params["base_model"]["text_embedding"] = {"embedding": np.ones((100, 32), "float32")}
+    params["base_model"]["encoder_text_type_embedding"] = np.ones((1, 1, 32), "float32")
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"variant": data["variant"], "state": {"params": {"params": params}}}))
+    clf = keras_m3ae.convert.load_classifier(str(path))
+    ref = np.load(os.path.join(DATA, "classifier_reference_tiny.npz"))
+    assert np.abs(_np(clf(ref["images"])) - ref["logits"]).max() <= TOLERANCE
+
+
+def test_official_classifier_token_pooling(tmp_path):
+    """`global_pool=False`: the final norm's CLS output feeds the head."""
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(os.path.join(DATA, "classifier_official_tiny.pth"), weights_only=True)
+    model = checkpoint["model"]
+    model["norm.weight"], model["norm.bias"] = model.pop("fc_norm.weight"), model.pop("fc_norm.bias")
+    torch.save(checkpoint, tmp_path / "token.pth")
+    clf = keras_m3ae.convert.load_classifier(str(tmp_path / "token.pth"), num_heads=4)
+    assert (clf.pooling, clf.feature_norm, clf.final_norm) == ("token", None, True)
+    np.testing.assert_allclose(_np(clf.backbone.encoder.norm.gamma), model["norm.weight"].numpy())

@@ -23,6 +23,9 @@ from keras_m3ae.convert import reference_m3ae
 from keras_m3ae.convert import safe_pickle
 
 
+_TEXT_TARGETS = ("backbone/token_embedding/embeddings", "backbone/text_position_type/type_embedding")
+
+
 def _build(backbone_config, head, overrides):
     from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
     from keras_m3ae.models.m3ae.m3ae_image_classifier import M3AEImageClassifier
@@ -94,6 +97,8 @@ def load_reference(path, **overrides):
         if target is None:
             common.fail(path, f"parameter base_model/{source} has no counterpart in the model")
         name, transform = target
+        if name in _TEXT_TARGETS and not backbone_config["vocabulary_size"]:
+            continue  # an M3AE encoder fine-tuned on images: its text part is unused
         if name.startswith("backbone/"):  # decoder parameters are unused here
             weights[name] = transform(value) if transform else value
     weights["head/kernel"] = flat["Dense_0/kernel"]

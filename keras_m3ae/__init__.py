@@ -3,6 +3,7 @@
 # First, so `python -m keras_m3ae` can load TensorFlow before the rest does.
 from keras_m3ae import _startup  # noqa: F401
 from keras_m3ae import analysis
+from keras_m3ae import convert
 from keras_m3ae import data
 from keras_m3ae import layers
 from keras_m3ae import losses

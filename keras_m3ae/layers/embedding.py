@@ -68,14 +68,30 @@ class PositionTypeEmbedding(keras.layers.Layer):
         hidden_dim: int. Token width.
         source_grid_size: optional `(grid_h, grid_w)`, 2-D only: the grid the
             weights were pretrained with; see `sincos_2d`.
+        use_type_embedding: bool. Whether to add the learned type vector
+            (True); False adds positions only and has no weight, as MAE,
+            ViTMAE and reference M3AE models trained without type vectors.
+        learned_positions: bool. Make the position table a trainable
+            weight (`positions`, initialised with the sin-cos table), as
+            timm's ViT in MAE fine-tuning has it. Default False: fixed.
 
     Example:
     >>> PositionTypeEmbedding((4, 4), 64)(np.zeros((2, 16, 64))).shape
     (2, 16, 64)
     """
 
-    def __init__(self, sequence_shape, hidden_dim, source_grid_size=None, **kwargs):
+    def __init__(
+        self,
+        sequence_shape,
+        hidden_dim,
+        source_grid_size=None,
+        use_type_embedding=True,
+        learned_positions=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.use_type_embedding = use_type_embedding
+        self.learned_positions = learned_positions
         self.sequence_shape = (
             tuple(sequence_shape) if isinstance(sequence_shape, (list, tuple)) else sequence_shape
         )
@@ -89,6 +105,15 @@ class PositionTypeEmbedding(keras.layers.Layer):
             self.table = sincos_1d(range(self.sequence_shape), hidden_dim)
 
     def build(self, input_shape):
+        if self.learned_positions:
+            table = self.table
+            self.positions = self.add_weight(
+                shape=table.shape,
+                initializer=lambda shape, dtype=None: ops.convert_to_tensor(table, dtype),
+                name="positions",
+            )
+        if not self.use_type_embedding:
+            return
         self.type_embedding = self.add_weight(
             shape=(self.hidden_dim,),
             initializer=keras.initializers.RandomNormal(stddev=0.02),
@@ -96,7 +121,12 @@ class PositionTypeEmbedding(keras.layers.Layer):
         )
 
     def call(self, x):
-        table = ops.convert_to_tensor(self.table, dtype=self.compute_dtype)
+        if self.learned_positions:
+            table = ops.cast(self.positions, self.compute_dtype)
+        else:
+            table = ops.convert_to_tensor(self.table, dtype=self.compute_dtype)
+        if not self.use_type_embedding:
+            return x + table
         return x + table + ops.cast(self.type_embedding, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -109,6 +139,8 @@ class PositionTypeEmbedding(keras.layers.Layer):
                 "sequence_shape": self.sequence_shape,
                 "hidden_dim": self.hidden_dim,
                 "source_grid_size": self.source_grid_size,
+                "use_type_embedding": self.use_type_embedding,
+                "learned_positions": self.learned_positions,
             }
         )
         return config

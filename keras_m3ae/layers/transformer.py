@@ -134,6 +134,9 @@ class TransformerBlock(keras.layers.Layer):
         mlp_ratio: float. MLP width as a multiple of `hidden_dim` (4 in ViT).
         drop_path_rate: float. Stochastic depth rate of both branches.
         layer_norm_epsilon: float. LayerNorm epsilon (1e-6 as in MAE/M3AE).
+        gelu_approximate: bool. Use the tanh approximation of GELU in the
+            MLP (flax's `nn.gelu`, the reference JAX M3AE) instead of the
+            exact erf form (PyTorch MAE, Hugging Face ViTMAE; default).
 
     Example:
     >>> TransformerBlock(64, 4)(np.zeros((2, 10, 64))).shape
@@ -156,6 +159,7 @@ class TransformerBlock(keras.layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        gelu_approximate=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,6 +168,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.gelu_approximate = gelu_approximate
         policy = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm1", dtype=policy
@@ -192,8 +197,11 @@ class TransformerBlock(keras.layers.Layer):
         if return_attention_scores:
             h, scores = h
         x = x + self.drop_path(h, training=training)
-        # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use.
-        h = self.fc2(keras.activations.gelu(self.fc1(self.norm2(x)), approximate=False))
+        # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use, unless
+        # `gelu_approximate` (tanh form, flax's default: the reference M3AE).
+        h = self.fc2(
+            keras.activations.gelu(self.fc1(self.norm2(x)), approximate=self.gelu_approximate)
+        )
         x = x + self.drop_path(h, training=training)
         return (x, scores) if return_attention_scores else x
 
@@ -209,6 +217,7 @@ class TransformerBlock(keras.layers.Layer):
                 "mlp_ratio": self.mlp_ratio,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gelu_approximate": self.gelu_approximate,
             }
         )
         return config
@@ -230,6 +239,8 @@ class TransformerStack(keras.layers.Layer):
         mlp_ratio: float. MLP width as a multiple of `hidden_dim`.
         drop_path_rate: float. Stochastic depth rate of the last block.
         layer_norm_epsilon: float. LayerNorm epsilon.
+        gelu_approximate: bool. Tanh GELU in every block (see
+            `TransformerBlock`).
 
     Example:
     >>> TransformerStack(2, 64, 4)(np.zeros((2, 10, 64))).shape
@@ -247,9 +258,11 @@ class TransformerStack(keras.layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        gelu_approximate=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gelu_approximate = gelu_approximate
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -264,6 +277,7 @@ class TransformerStack(keras.layers.Layer):
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=rate,
                 layer_norm_epsilon=layer_norm_epsilon,
+                gelu_approximate=gelu_approximate,
                 name=f"{self.BLOCK_PREFIX}{i}",
                 dtype=self.dtype_policy,
             )
@@ -278,7 +292,14 @@ class TransformerStack(keras.layers.Layer):
             block.build(input_shape)
         self.norm.build(input_shape)
 
-    def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+    def call(
+        self,
+        x,
+        attention_mask=None,
+        training=False,
+        return_attention_scores=False,
+        final_norm=True,
+    ):
         all_scores = []
         for block in self.blocks:
             x = block(
@@ -290,7 +311,8 @@ class TransformerStack(keras.layers.Layer):
             if return_attention_scores:
                 x, scores = x
                 all_scores.append(scores)
-        x = self.norm(x)
+        if final_norm:  # MAE's global-pool classifiers pool before it
+            x = self.norm(x)
         return (x, all_scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
@@ -306,6 +328,7 @@ class TransformerStack(keras.layers.Layer):
                 "mlp_ratio": self.mlp_ratio,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gelu_approximate": self.gelu_approximate,
             }
         )
         return config

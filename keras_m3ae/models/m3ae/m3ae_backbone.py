@@ -39,8 +39,8 @@ class M3AEStructure(NamedTuple):
         final_norm: the encoder's final LayerNorm.
         text: the text-only layers (also in `embeddings`); image tasks never
             use them.
-        embedding_matrices: lookup tables (the token embedding), which the
-            papers exclude from weight decay.
+        embedding_matrices: lookup tables (the token embedding, a learned
+            position table), which the papers exclude from weight decay.
     """
 
     embeddings: tuple
@@ -88,6 +88,14 @@ class M3AEBackbone(Backbone):
             the weights were pretrained at, when it differs from
             `image_size`. Position tables are then resampled to cover the
             same extent.
+        gelu_approximate: bool. Tanh GELU in the MLPs (the reference JAX
+            M3AE, flax's `nn.gelu`); default False is the exact GELU of
+            PyTorch MAE and ViTMAE.
+        use_type_embedding: bool. Learned modality type vectors (True, as
+            M3AE); False for MAE / ViTMAE weights, which have none.
+        learned_positions: bool. Trainable image position table
+            (initialised with the sin-cos one), as timm's ViT learns it in
+            MAE fine-tuning. Default False: the fixed table.
         dtype: string or `keras.DTypePolicy`, e.g. `"mixed_bfloat16"`.
 
     Example:
@@ -120,6 +128,9 @@ class M3AEBackbone(Backbone):
         layer_norm_epsilon=1e-6,
         num_channels=3,
         pretrain_image_size=None,
+        gelu_approximate=False,
+        use_type_embedding=True,
+        learned_positions=False,
         dtype=None,
         **kwargs,
     ):
@@ -143,13 +154,24 @@ class M3AEBackbone(Backbone):
         if pretrain_image_size is not None and _pair(pretrain_image_size) != (height, width):
             ph, pw = _pair(pretrain_image_size)
             source_grid = (ph // patch_size, pw // patch_size)
+            if learned_positions:
+                raise ValueError(
+                    "`learned_positions` tables cannot be resampled to another "
+                    "`image_size`; keep the pretraining size."
+                )
 
         # === Layers ===
         self.patch_embedding = PatchEmbedding(
             patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
         )
         self.image_position_type = PositionTypeEmbedding(
-            grid_size, hidden_dim, source_grid, dtype=dtype, name="image_position_type"
+            grid_size,
+            hidden_dim,
+            source_grid,
+            use_type_embedding=use_type_embedding,
+            learned_positions=learned_positions,
+            dtype=dtype,
+            name="image_position_type",
         )
         if vocabulary_size:
             self.token_embedding = keras.layers.Embedding(
@@ -160,7 +182,11 @@ class M3AEBackbone(Backbone):
                 name=self.TOKEN_EMBEDDING,
             )
             self.text_position_type = PositionTypeEmbedding(
-                max_text_length, hidden_dim, dtype=dtype, name="text_position_type"
+                max_text_length,
+                hidden_dim,
+                use_type_embedding=use_type_embedding,
+                dtype=dtype,
+                name="text_position_type",
             )
         self.cls_token = ClassToken(hidden_dim, dtype=dtype, name="cls_token")
         self.encoder = TransformerStack(
@@ -170,6 +196,7 @@ class M3AEBackbone(Backbone):
             mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate,
             layer_norm_epsilon=layer_norm_epsilon,
+            gelu_approximate=gelu_approximate,
             dtype=dtype,
             name=self.ENCODER,
         )
@@ -202,6 +229,9 @@ class M3AEBackbone(Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.num_channels = num_channels
         self.pretrain_image_size = pretrain_image_size
+        self.gelu_approximate = gelu_approximate
+        self.use_type_embedding = use_type_embedding
+        self.learned_positions = learned_positions
         self.structure()  # a layer left out of the structure fails here
 
     # --- Pieces the pretrainer and the classifier call directly. ---
@@ -230,6 +260,7 @@ class M3AEBackbone(Backbone):
         text_valid=None,
         training=False,
         return_attention_scores=False,
+        final_norm=True,
     ):
         """Runs the encoder on `[cls | image_tokens | text_tokens]`.
 
@@ -241,6 +272,9 @@ class M3AEBackbone(Backbone):
                 of absent images, which then receive no attention.
             text_valid: optional bool `(B, Nt)`: False for padding.
             training: bool. Enables drop path.
+            final_norm: bool. Apply the encoder's final LayerNorm (False:
+                the last block's output, as MAE's global-pool classifier
+                pools it).
             return_attention_scores: bool. Also return each block's
                 attention weights `(B, heads, S, S)`.
 
@@ -269,6 +303,7 @@ class M3AEBackbone(Backbone):
             attention_mask=attention_mask,
             training=training,
             return_attention_scores=return_attention_scores,
+            final_norm=final_norm,
         )
 
     def check_inputs(self, inputs):
@@ -345,7 +380,8 @@ class M3AEBackbone(Backbone):
             blocks=tuple(self.encoder.blocks),
             final_norm=self.encoder.norm,
             text=text,
-            embedding_matrices=(self.token_embedding.embeddings,) if self.has_text else (),
+            embedding_matrices=((self.token_embedding.embeddings,) if self.has_text else ())
+            + ((self.image_position_type.positions,) if self.learned_positions else ()),
         )
         placed = {id(v) for group in structure.depth_groups() for v in group}
         missing = [v.path for v in self.weights if id(v) not in placed]
@@ -360,9 +396,9 @@ class M3AEBackbone(Backbone):
         """Variables the papers exclude from weight decay.
 
         Every variable of rank <= 1 (biases, LayerNorm scales and offsets,
-        the CLS, type and mask vectors) and the text embedding matrix. The
-        pretrainer and the classifier pass their own variables, so their
-        decoder and head follow the same rule.
+        the CLS, type and mask vectors), the text embedding matrix and a
+        learned position table. The pretrainer and the classifier pass their
+        own variables, so their decoder and head follow the same rule.
 
         Args:
             variables: optional list of variables; the backbone's by default.
@@ -397,6 +433,9 @@ class M3AEBackbone(Backbone):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "num_channels": self.num_channels,
                 "pretrain_image_size": self.pretrain_image_size,
+                "gelu_approximate": self.gelu_approximate,
+                "use_type_embedding": self.use_type_embedding,
+                "learned_positions": self.learned_positions,
             }
         )
         return config
@@ -422,8 +461,9 @@ class M3AEBackbone(Backbone):
 
         Args:
             preset: a name in `M3AEBackbone.presets` (a freshly initialised
-                model of that architecture), or a keras-hub preset directory
-                written by `save_to_preset` (config and weights).
+                model of that architecture), a keras-hub preset directory
+                written by `save_to_preset` (config and weights), or a local
+                Hugging Face ViTMAE directory (converted on load).
             load_weights: bool. Load the preset's weights (directories only).
             **kwargs: config overrides, e.g. `dtype` or `image_size`.
 
@@ -433,6 +473,14 @@ class M3AEBackbone(Backbone):
         config = m3ae_presets.architecture_config(preset)
         if config is not None:
             return cls(**{**config, **kwargs})
+        # A local Hugging Face ViTMAE directory is converted on the fly;
+        # imported here because the converters sit above the models.
+        from keras_m3ae.convert.hf_vitmae import is_vitmae_dir
+
+        if is_vitmae_dir(preset):
+            from keras_m3ae.convert import load_backbone
+
+            return load_backbone(preset, **kwargs)
         m3ae_presets.check_preset_directory(preset, load_weights)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 

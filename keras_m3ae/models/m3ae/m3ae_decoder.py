@@ -30,6 +30,8 @@ class M3AEDecoder(keras.layers.Layer):
         num_heads: int. Decoder heads (16).
         mlp_ratio: float. MLP width multiple.
         layer_norm_epsilon: float. LayerNorm epsilon.
+        gelu_approximate: bool. Tanh GELU in the MLPs (reference M3AE).
+        use_type_embedding: bool. Learned type vectors (False: MAE/ViTMAE).
 
     Example:
     >>> decoder = M3AEDecoder((4, 4), 192, None, 0, hidden_dim=32, num_layers=1, num_heads=4)
@@ -48,9 +50,13 @@ class M3AEDecoder(keras.layers.Layer):
         num_heads=16,
         mlp_ratio=4.0,
         layer_norm_epsilon=1e-6,
+        gelu_approximate=False,
+        use_type_embedding=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gelu_approximate = gelu_approximate
+        self.use_type_embedding = use_type_embedding
         self.grid_size = tuple(grid_size)
         self.patch_dim = patch_dim
         self.vocabulary_size = vocabulary_size
@@ -67,7 +73,11 @@ class M3AEDecoder(keras.layers.Layer):
 
         self.input_projection = dense(hidden_dim, "input_projection")
         self.image_position_type = PositionTypeEmbedding(
-            self.grid_size, hidden_dim, dtype=policy, name="image_position_type"
+            self.grid_size,
+            hidden_dim,
+            use_type_embedding=use_type_embedding,
+            dtype=policy,
+            name="image_position_type",
         )
         self.transformer = TransformerStack(
             num_layers,
@@ -75,13 +85,18 @@ class M3AEDecoder(keras.layers.Layer):
             num_heads,
             mlp_ratio=mlp_ratio,
             layer_norm_epsilon=layer_norm_epsilon,
+            gelu_approximate=gelu_approximate,
             dtype=policy,
             name="transformer",
         )
         self.image_head = dense(patch_dim, "image_head")
         if vocabulary_size:
             self.text_position_type = PositionTypeEmbedding(
-                max_text_length, hidden_dim, dtype=policy, name="text_position_type"
+                max_text_length,
+                hidden_dim,
+                use_type_embedding=use_type_embedding,
+                dtype=policy,
+                name="text_position_type",
             )
             self.text_head = dense(vocabulary_size, self.TEXT_HEAD)
 
@@ -185,6 +200,8 @@ class M3AEDecoder(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "mlp_ratio": self.mlp_ratio,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gelu_approximate": self.gelu_approximate,
+                "use_type_embedding": self.use_type_embedding,
             }
         )
         return config

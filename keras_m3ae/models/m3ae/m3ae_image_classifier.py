@@ -23,7 +23,7 @@ from keras_m3ae.optimizers.recipes import fine_tune_optimizer
 from keras_m3ae.optimizers.recipes import linear_probe_optimizer
 
 
-def _check_arguments(backbone, num_classes, pooling, fine_tune_blocks):
+def _check_arguments(backbone, num_classes, pooling, fine_tune_blocks, feature_norm):
     if num_classes is None:
         raise ValueError(
             "`num_classes` is missing: pass the number of classes, e.g. "
@@ -32,6 +32,10 @@ def _check_arguments(backbone, num_classes, pooling, fine_tune_blocks):
         )
     if pooling not in ("token", "mean"):
         raise ValueError(f"`pooling` must be 'token' or 'mean'; got {pooling!r}.")
+    if feature_norm not in (None, "layer_norm"):
+        raise ValueError(f"`feature_norm` must be None or 'layer_norm'; got {feature_norm!r}.")
+    if feature_norm is not None and fine_tune_blocks == 0:
+        raise ValueError("`feature_norm` is a fine-tuning head; the linear probe has its own.")
     depth = backbone.num_layers
     if fine_tune_blocks is not None and (
         isinstance(fine_tune_blocks, bool)
@@ -61,8 +65,12 @@ def _rebuilt_backbone(backbone, image_size, drop_path_rate):
     return new
 
 
-def _set_trainable(backbone, fine_tune_blocks):
-    """Freezes what the protocol does not train (see `M3AEImageClassifier`)."""
+def _set_trainable(backbone, fine_tune_blocks, final_norm=True):
+    """Freezes what the protocol does not train (see `M3AEImageClassifier`).
+
+    Without `final_norm` the features are taken before the encoder's final
+    norm, which is then unused and frozen.
+    """
     structure = backbone.structure()
     k, depth = fine_tune_blocks, len(structure.blocks)
     backbone.trainable = True
@@ -70,7 +78,7 @@ def _set_trainable(backbone, fine_tune_blocks):
         layer.trainable = k is None
     for i, block in enumerate(structure.blocks):
         block.trainable = k is None or i >= depth - k
-    structure.final_norm.trainable = k is None or k > 0
+    structure.final_norm.trainable = (k is None or k > 0) and final_norm
     # Never used for images; kept so the preset stays an M3AE.
     for layer in structure.text:
         layer.trainable = False
@@ -110,6 +118,13 @@ class M3AEImageClassifier(ImageClassifier):
         drop_path_rate: optional float: rebuilds the backbone with this
             stochastic-depth rate (fine-tuning recipe: 0.1).
         activation: optional head activation; None returns logits.
+        feature_norm: None or `"layer_norm"`: a LayerNorm (`fc_norm`,
+            the backbone's epsilon) on the pooled feature before the head,
+            as the official MAE `global_pool` head and the reference M3AE
+            fine-tuning head have. Not with the linear probe.
+        final_norm: bool. Pool the encoder output after its final
+            LayerNorm (True, default); False pools the last block's output
+            (official MAE `global_pool=True`, which has no final norm).
         head_dtype: optional dtype policy of the head.
 
     Example:
@@ -134,11 +149,13 @@ class M3AEImageClassifier(ImageClassifier):
         drop_path_rate=None,
         activation=None,
         head_dtype=None,
+        feature_norm=None,
+        final_norm=True,
         **kwargs,
     ):
-        _check_arguments(backbone, num_classes, pooling, fine_tune_blocks)
+        _check_arguments(backbone, num_classes, pooling, fine_tune_blocks, feature_norm)
         backbone = _rebuilt_backbone(backbone, image_size, drop_path_rate)
-        _set_trainable(backbone, fine_tune_blocks)
+        _set_trainable(backbone, fine_tune_blocks, final_norm)
         converter = getattr(preprocessor, "image_converter", None)
         if converter is not None:
             converter.image_size = _pair(backbone.image_size)
@@ -166,6 +183,11 @@ class M3AEImageClassifier(ImageClassifier):
                 dtype=head_dtype,
                 name="head_norm",
             )
+        self.feature_norm_layer = None
+        if feature_norm == "layer_norm":
+            self.feature_norm_layer = keras.layers.LayerNormalization(
+                epsilon=backbone.layer_norm_epsilon, dtype=head_dtype, name="fc_norm"
+            )
         self.output_dense = keras.layers.Dense(
             num_classes,
             activation=activation,
@@ -183,15 +205,17 @@ class M3AEImageClassifier(ImageClassifier):
         self.pooling = pooling
         self.fine_tune_blocks = fine_tune_blocks
         self.activation = activation
+        self.feature_norm = feature_norm
+        self.final_norm = final_norm
         self.dropout = 0.0
         if compile_now:
             self.compile()
 
     def build(self, input_shape=None):
         feature_shape = (None, self.backbone.hidden_dim)
-        if self.head_norm is not None:
-            self.head_norm.build(feature_shape)
-        self.output_dense.build(feature_shape)
+        for layer in (self.head_norm, self.feature_norm_layer, self.output_dense):
+            if layer is not None:
+                layer.build(feature_shape)
         self.built = True
 
     def image_features(self, images, training=False):
@@ -199,7 +223,9 @@ class M3AEImageClassifier(ImageClassifier):
         backbone = self.backbone
         if self.fine_tune_blocks == 0:
             training = False  # a frozen encoder runs in inference mode
-        x = backbone.encode(backbone.embed_images(images), training=training)
+        x = backbone.encode(
+            backbone.embed_images(images), training=training, final_norm=self.final_norm
+        )
         if self.pooling == "token":
             return x[:, 0]
         return ops.mean(x[:, 1:], axis=1)
@@ -210,6 +236,8 @@ class M3AEImageClassifier(ImageClassifier):
         x = self.image_features(inputs, training=training)
         if self.head_norm is not None:
             x = self.head_norm(x, training=training)
+        if self.feature_norm_layer is not None:
+            x = self.feature_norm_layer(x)
         return self.output_dense(x)
 
     def compute_output_shape(self, input_shape):
@@ -315,7 +343,7 @@ class M3AEImageClassifier(ImageClassifier):
         return [self.backbone] + ([optimizer] if optimizer is not None else [])
 
     def no_weight_decay_variables(self):
-        """The backbone's rule applied to the whole model: the head's bias too."""
+        """The backbone's rule applied to the whole model: head bias and `fc_norm` too."""
         return self.backbone.no_weight_decay_variables(self.weights)
 
     def get_config(self):
@@ -328,6 +356,8 @@ class M3AEImageClassifier(ImageClassifier):
                 "activation": keras.activations.serialize(self.activation)
                 if self.activation is not None
                 else None,
+                "feature_norm": self.feature_norm,
+                "final_norm": self.final_norm,
             }
         )
         return config

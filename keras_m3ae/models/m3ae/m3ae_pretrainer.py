@@ -106,6 +106,9 @@ class M3AEPretrainer(keras.Model):
             num_heads=decoder_num_heads,
             mlp_ratio=backbone.mlp_ratio,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
+            # The decoder follows the encoder's GELU form and type vectors.
+            gelu_approximate=getattr(backbone, "gelu_approximate", False),
+            use_type_embedding=getattr(backbone, "use_type_embedding", True),
             dtype=backbone.dtype_policy,
             name="decoder",
         )

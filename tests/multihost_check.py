@@ -79,9 +79,6 @@ def write_data(directory):
 
     from keras_m3ae import data
 
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vocab.txt"), "w") as f:
-        f.write("\n".join(VOCAB_TOKENS) + "\n")
     rng = np.random.default_rng(0)
     examples, captions = [], []
     for i in range(NUM_FILES * RECORDS_PER_FILE):
@@ -93,6 +90,9 @@ def write_data(directory):
         captions.append(caption)
         examples.append({"image": buffer.getvalue(), "caption": caption, "key": f"{i:05d}"})
     data.write_tfrecords(examples, directory, examples_per_shard=RECORDS_PER_FILE, progress=False)
+    # After the shards: the writer wants an empty directory.
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(VOCAB_TOKENS) + "\n")
     return captions
 
 

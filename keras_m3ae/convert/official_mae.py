@@ -20,7 +20,6 @@ import argparse
 import math
 import re
 
-import numpy as np
 
 from keras_m3ae.convert import common
 

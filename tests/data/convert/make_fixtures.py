@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import types
 
 import numpy as np

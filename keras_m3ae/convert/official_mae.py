@@ -20,7 +20,6 @@ import argparse
 import math
 import re
 
-
 from keras_m3ae.convert import common
 
 BLOCK_MAP = {

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import keras_m3ae
+from conftest import tiny_backbone
+from conftest import tiny_batch
 from keras_m3ae.models import M3AEImageClassifier
 from keras_m3ae.models import M3AEImageConverter
 
@@ -239,6 +241,8 @@ def test_clear_errors(backbone_preset, tmp_path):
 _SAVE_SCRIPT = """
 import sys, numpy as np, keras
 import keras_m3ae
+from conftest import tiny_backbone
+from conftest import tiny_batch
 from keras_m3ae.models import M3AEImageClassifier
 keras.utils.set_random_seed(3)
 backbone = keras_m3ae.M3AEBackbone(**{config})
@@ -269,4 +273,23 @@ def test_preset_saved_on_another_backend_loads_with_same_outputs(tmp_path):
     x = np.load(os.path.join(path, "x.npy"))
     np.testing.assert_allclose(
         clf.predict(x, verbose=0), np.load(os.path.join(path, "logits.npy")), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_classifier_is_a_functional_task_and_the_probe_has_no_drop_path():
+    backbone = tiny_backbone(drop_path_rate=0.3)
+    probe = M3AEImageClassifier(backbone, num_classes=3, fine_tune_blocks=0)
+    assert [t.name for t in probe.inputs] == ["images"] and probe.outputs[0].shape == (None, 3)
+    # Frozen and without stochastic depth: fit sees the features predict sees.
+    assert probe.backbone.drop_path_rate == 0.0
+    x = tiny_batch()["images"]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(probe.image_features(x, training=True)),
+        keras.ops.convert_to_numpy(probe.image_features(x, training=False)),
+    )
+    tuned = M3AEImageClassifier(backbone, num_classes=3)
+    assert tuned.backbone.drop_path_rate == 0.3
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(tuned.image_features(x, training=True)),
+        keras.ops.convert_to_numpy(tuned.image_features(x, training=False)),
     )

@@ -84,6 +84,14 @@ def _set_trainable(backbone, fine_tune_blocks, final_norm=True):
         layer.trainable = False
 
 
+def _pooled_features(backbone, images, pooling, final_norm, training=None):
+    """The encoder's image features, pooled: the CLS output or the patch mean."""
+    x = backbone.encode(backbone.embed_images(images), training=training, final_norm=final_norm)
+    if pooling == "token":
+        return x[:, 0]
+    return ops.mean(x[:, 1:], axis=1)
+
+
 @keras.saving.register_keras_serializable(package="keras_m3ae")
 class M3AEImageClassifier(ImageClassifier):
     """An image classifier on a pretrained M3AE / MAE encoder.
@@ -95,8 +103,8 @@ class M3AEImageClassifier(ImageClassifier):
 
     `fine_tune_blocks` picks the protocol of the papers:
 
-    - `0`: linear probe. The encoder is frozen and runs in inference mode;
-      the head is `BatchNorm(no affine, eps 1e-6) -> Dense` (MAE Sec. A.2).
+    - `0`: linear probe. The encoder is frozen, without drop path, so it
+      computes the same features in `fit` as in `predict`; the head is `BatchNorm(no affine, eps 1e-6) -> Dense` (MAE Sec. A.2).
     - `k`: partial fine-tuning. The last `k` blocks and the final norm train
       with the head (MAE Sec. 4.3).
     - `None`: full fine-tuning (drop path as set on the backbone).
@@ -116,7 +124,8 @@ class M3AEImageClassifier(ImageClassifier):
             sin-cos position table is resampled over the pretraining extent
             (weights are unchanged: the table is not a weight).
         drop_path_rate: optional float: rebuilds the backbone with this
-            stochastic-depth rate (fine-tuning recipe: 0.1).
+            stochastic-depth rate (fine-tuning recipe: 0.1; always 0 for the
+            linear probe).
         activation: optional head activation; None returns logits.
         feature_norm: None or `"layer_norm"`: a LayerNorm (`fc_norm`,
             the backbone's epsilon) on the pooled feature before the head,
@@ -154,21 +163,18 @@ class M3AEImageClassifier(ImageClassifier):
         **kwargs,
     ):
         _check_arguments(backbone, num_classes, pooling, fine_tune_blocks, feature_norm)
+        linear_probe = fine_tune_blocks == 0
+        if linear_probe:
+            # The probe's encoder is frozen and must compute the same features
+            # in `fit` as in `predict`: no stochastic depth (it has no other
+            # training-time behaviour).
+            drop_path_rate = 0.0
         backbone = _rebuilt_backbone(backbone, image_size, drop_path_rate)
         _set_trainable(backbone, fine_tune_blocks, final_norm)
         converter = getattr(preprocessor, "image_converter", None)
         if converter is not None:
             converter.image_size = _pair(backbone.image_size)
         head_dtype = head_dtype or backbone.dtype_policy
-        linear_probe = fine_tune_blocks == 0
-        # A subclassed Task: in the linear probe the frozen encoder runs in
-        # inference mode even inside `fit`, which a functional graph cannot
-        # express (it passes `fit`'s `training=True` to every layer). Layers
-        # are created after `Task.__init__` (on torch, Task tracks attributes
-        # only once initialised), so compiling waits for them.
-        compile_now = kwargs.pop("compile", True)
-        kwargs.setdefault("dtype", backbone.dtype_policy)
-        Task.__init__(self, compile=False, **kwargs)
 
         # === Layers ===
         self.backbone = backbone
@@ -198,7 +204,19 @@ class M3AEImageClassifier(ImageClassifier):
             dtype=head_dtype,
             name="predictions",
         )
-        self.build()
+
+        # === Functional Model ===
+        height, width = _pair(backbone.image_size)
+        images = keras.Input((height, width, backbone.num_channels), name="images")
+        x = _pooled_features(backbone, images, pooling, final_norm)
+        for layer in (self.head_norm, self.feature_norm_layer):
+            if layer is not None:
+                x = layer(x)
+        outputs = self.output_dense(x)
+        # Skip `ImageClassifier`'s own graph, as keras-hub's ViT classifier
+        # does; compiling needs the config below, so it comes last.
+        compile_now = kwargs.pop("compile", True)
+        Task.__init__(self, inputs=images, outputs=outputs, compile=False, **kwargs)
 
         # === Config ===
         self.num_classes = num_classes
@@ -211,37 +229,9 @@ class M3AEImageClassifier(ImageClassifier):
         if compile_now:
             self.compile()
 
-    def build(self, input_shape=None):
-        feature_shape = (None, self.backbone.hidden_dim)
-        for layer in (self.head_norm, self.feature_norm_layer, self.output_dense):
-            if layer is not None:
-                layer.build(feature_shape)
-        self.built = True
-
     def image_features(self, images, training=False):
         """Pooled encoder features `(B, hidden_dim)` of preprocessed images."""
-        backbone = self.backbone
-        if self.fine_tune_blocks == 0:
-            training = False  # a frozen encoder runs in inference mode
-        x = backbone.encode(
-            backbone.embed_images(images), training=training, final_norm=self.final_norm
-        )
-        if self.pooling == "token":
-            return x[:, 0]
-        return ops.mean(x[:, 1:], axis=1)
-
-    def call(self, inputs, training=None):
-        if isinstance(inputs, dict):
-            inputs = inputs["images"]
-        x = self.image_features(inputs, training=training)
-        if self.head_norm is not None:
-            x = self.head_norm(x, training=training)
-        if self.feature_norm_layer is not None:
-            x = self.feature_norm_layer(x)
-        return self.output_dense(x)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_classes)
+        return _pooled_features(self.backbone, images, self.pooling, self.final_norm, training)
 
     def compile(
         self,

@@ -241,8 +241,6 @@ def test_clear_errors(backbone_preset, tmp_path):
 _SAVE_SCRIPT = """
 import sys, numpy as np, keras
 import keras_m3ae
-from conftest import tiny_backbone
-from conftest import tiny_batch
 from keras_m3ae.models import M3AEImageClassifier
 keras.utils.set_random_seed(3)
 backbone = keras_m3ae.M3AEBackbone(**{config})

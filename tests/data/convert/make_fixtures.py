@@ -30,8 +30,8 @@ saved next to the checkpoint as `<name>.npz`:
   outputs for that noise.
 
 Example:
-    /work/refenv/bin/python tests/data/convert/make_fixtures.py \
-        --m3ae /work/refsrc/young-geng+m3ae_public --mae /work/refsrc/facebookresearch+mae
+    /tmp/refenv/bin/python tests/data/convert/make_fixtures.py \
+        --m3ae /tmp/refsrc/m3ae_public --mae /tmp/refsrc/mae
 """
 
 import argparse

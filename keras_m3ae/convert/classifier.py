@@ -93,14 +93,13 @@ def load_reference(path, **overrides):
     classifier = _build(backbone_config, head, overrides)
     weights = {}
     for source, value in base.items():
-        target = reference_m3ae._target(source)
-        if target is None:
-            common.fail(path, f"parameter base_model/{source} has no counterpart in the model")
-        name, transform = target
+        name, array = common.converted(
+            path, f"base_model/{source}", value, reference_m3ae._target(source), "parameter"
+        )
         if name in _TEXT_TARGETS and not backbone_config["vocabulary_size"]:
             continue  # an M3AE encoder fine-tuned on images: its text part is unused
         if name.startswith("backbone/"):  # decoder parameters are unused here
-            weights[name] = transform(value) if transform else value
+            weights[name] = array
     weights["head/kernel"] = flat["Dense_0/kernel"]
     weights["head/bias"] = flat["Dense_0/bias"]
     weights["head_norm/gamma"] = flat["LayerNorm_0/scale"]
@@ -160,10 +159,10 @@ def load_official(path, **overrides):
         weights["cls_token"] = np.asarray(weights["cls_token"]).reshape(-1) + positions[0]
     for key, value in weights.items():
         target = official_mae._target(key)
-        if target is None or not target[0].startswith("backbone/"):
-            common.fail(path, f"tensor {key} has no counterpart in the model")
-        name, transform = target
-        mapped[name] = transform(value) if transform else value
+        if target is not None and not target[0].startswith("backbone/"):
+            target = None  # a decoder tensor in a classifier checkpoint
+        name, array = common.converted(path, key, value, target)
+        mapped[name] = array
     unused = ("backbone/encoder/norm/gamma", "backbone/encoder/norm/beta") if global_pool else ()
     _assign(path, classifier, mapped, unused_ok=unused)
     return classifier

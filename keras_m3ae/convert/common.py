@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from keras_m3ae.layers.sincos import sincos_2d
+from keras_m3ae.layers.transformer import TransformerStack
 
 # Keyword overrides that belong to the pretrainer, not the backbone.
 PRETRAINER_KEYS = (
@@ -59,6 +60,38 @@ def heads_for(path, width, overrides, key, table):
         f"the checkpoint does not store the number of attention heads and width {width} is "
         f"not a standard one ({sorted(table)}); pass `{key}=...`",
     )
+
+
+def block_path(stack, index, name):
+    """The path of a variable of block `index` of a transformer stack."""
+    return f"{stack}/{TransformerStack.BLOCK_PREFIX}{index}/{name}"
+
+
+def stack_target(key, top_map, block_pattern, block_map, stacks):
+    """`(model path, transform)` for a checkpoint key, or None.
+
+    Keys are looked up in `top_map`, else matched by `block_pattern`, whose
+    groups are (stack name, block index, key inside the block).
+    """
+    if key in top_map:
+        return top_map[key]
+    match = block_pattern.match(key)
+    if match and match.group(3) in block_map:
+        name, transform = block_map[match.group(3)]
+        return block_path(stacks[match.group(1)], match.group(2), name), transform
+    return None
+
+
+def converted(path, key, value, target, what="tensor"):
+    """`(model path, array)` for one checkpoint tensor and its `target`.
+
+    Raises:
+        CheckpointError: `target` is None (the tensor has no counterpart).
+    """
+    if target is None:
+        fail(path, f"{what} {key} has no counterpart in the model")
+    name, transform = target
+    return name, (transform(value) if transform else value)
 
 
 def relative_paths(layer):
@@ -129,13 +162,26 @@ def assign_weights(path, pretrainer, weights, has_decoder=True):
         )
 
 
-def is_fixed_position_table(table, grid_size, hidden_dim, tolerance=1e-4):
-    """Whether a stored `(1 + N, D)` table is the fixed sin-cos one (zero CLS row)."""
+def _position_table_error(table, grid_size, hidden_dim, has_cls=True):
+    """Max difference of a stored table from the fixed sin-cos one, or a reason it cannot be."""
     table = np.asarray(table, np.float32).reshape(-1, hidden_dim)
     expected = sincos_2d(grid_size, hidden_dim)
-    if table.shape[0] != expected.shape[0] + 1:
-        return False
-    return bool(np.abs(table[0]).max() <= 1e-6 and np.abs(table[1:] - expected).max() <= tolerance)
+    if has_cls:
+        if table.shape[0] != expected.shape[0] + 1:
+            return (f"has {table.shape[0] - 1} patch positions; the configuration implies "
+                    f"{expected.shape[0]} ({grid_size[0]}x{grid_size[1]} patches)")
+        if np.abs(table[0]).max() > 1e-6:
+            return "gives the class token a position; only fixed sin-cos positions are supported"
+        table = table[1:]
+    elif table.shape != expected.shape:
+        return f"has shape {table.shape}, expected {expected.shape}"
+    return float(np.abs(table - expected).max())
+
+
+def is_fixed_position_table(table, grid_size, hidden_dim, tolerance=1e-4):
+    """Whether a stored `(1 + N, D)` table is the fixed sin-cos one (zero CLS row)."""
+    error = _position_table_error(table, grid_size, hidden_dim)
+    return not isinstance(error, str) and error <= tolerance
 
 
 def check_position_table(path, name, table, grid_size, hidden_dim, has_cls=True):
@@ -144,19 +190,9 @@ def check_position_table(path, name, table, grid_size, hidden_dim, has_cls=True)
     MAE and ViTMAE store their (frozen) sin-cos positions; the model computes
     them. A table that differs was learned or interpolated: refuse it.
     """
-    table = np.asarray(table, np.float32).reshape(-1, hidden_dim)
-    expected = sincos_2d(grid_size, hidden_dim)
-    if has_cls:
-        if table.shape[0] != expected.shape[0] + 1:
-            fail(path, f"{name} has {table.shape[0] - 1} patch positions; the configuration "
-                       f"implies {expected.shape[0]} ({grid_size[0]}x{grid_size[1]} patches)")
-        if np.abs(table[0]).max() > 1e-6:
-            fail(path, f"{name} gives the class token a position; only fixed sin-cos "
-                       "positions are supported")
-        table = table[1:]
-    elif table.shape != expected.shape:
-        fail(path, f"{name} has shape {table.shape}, expected {expected.shape}")
-    error = float(np.abs(table - expected).max())
+    error = _position_table_error(table, grid_size, hidden_dim, has_cls)
+    if isinstance(error, str):
+        fail(path, f"{name} {error}")
     if error > 1e-4:
         fail(path, f"{name} is not the fixed 2-D sin-cos table (max difference {error:.3g}); "
                    "learned or resampled position embeddings are not supported")

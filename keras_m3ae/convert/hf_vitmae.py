@@ -115,13 +115,7 @@ def canonical(key):
 
 
 def _target(key):
-    if key in TOP_MAP:
-        return TOP_MAP[key]
-    match = _LAYER.match(key)
-    if match and match.group(3) in LAYER_MAP:
-        name, transform = LAYER_MAP[match.group(3)]
-        return f"{STACKS[match.group(1)]}/block_{match.group(2)}/{name}", transform
-    return None
+    return common.stack_target(key, TOP_MAP, _LAYER, LAYER_MAP, STACKS)
 
 
 def is_vitmae_dir(path):
@@ -243,14 +237,11 @@ def load(path, **overrides):
         match = _LAYER.match(key)
         parts = match.group(3).split(".") if match else []
         if len(parts) == 4 and parts[:2] == ["attention", "attention"] and parts[2] in QKV:
-            block = f"{STACKS[match.group(1)]}/block_{match.group(2)}/attention/qkv"
+            block = common.block_path(STACKS[match.group(1)], match.group(2), "attention/qkv")
             fused.setdefault((block, parts[3]), {})[parts[2]] = value
             continue
-        target = _target(key)
-        if target is None:
-            common.fail(file, f"tensor {key} has no counterpart in the model")
-        name, transform = target
-        mapped[name] = transform(value) if transform else value
+        name, array = common.converted(file, key, value, _target(key))
+        mapped[name] = array
     if not config.get("qkv_bias", True):  # no biases stored: they are zero
         for block, _ in list(fused):
             width = _projection_width(fused, block)

@@ -56,13 +56,7 @@ _BLOCK = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$")
 
 
 def _target(key):
-    if key in TOP_MAP:
-        return TOP_MAP[key]
-    match = _BLOCK.match(key)
-    if match and match.group(3) in BLOCK_MAP:
-        name, transform = BLOCK_MAP[match.group(3)]
-        return f"{STACKS[match.group(1)]}/block_{match.group(2)}/{name}", transform
-    return None
+    return common.stack_target(key, TOP_MAP, _BLOCK, BLOCK_MAP, STACKS)
 
 
 def read_torch(path):
@@ -191,10 +185,7 @@ def load(path, **overrides):
                 path, key, value, model.backbone.grid_size, owner.hidden_dim
             )
             continue
-        target = _target(key)
-        if target is None:
-            common.fail(path, f"tensor {key} has no counterpart in the model")
-        name, transform = target
-        mapped[name] = transform(value) if transform else value
+        name, array = common.converted(path, key, value, _target(key))
+        mapped[name] = array
     common.assign_weights(path, model, mapped, has_decoder=has_decoder)
     return model

@@ -79,7 +79,7 @@ def _target(source):
     if len(parts) == 3 and parts[0] in STACKS and parts[1].startswith("Block_"):
         if parts[2] in BLOCK_MAP:
             index = parts[1][len("Block_"):]
-            return f"{STACKS[parts[0]]}/block_{index}/{BLOCK_MAP[parts[2]]}", None
+            return common.block_path(STACKS[parts[0]], index, BLOCK_MAP[parts[2]]), None
     return None
 
 
@@ -251,11 +251,8 @@ def load(path, **overrides):
     backbone_config, pretrainer_config = read_config(path, data["variant"], flat, overrides)
     weights = {}
     for source, value in flat.items():
-        target = _target(source)
-        if target is None:
-            common.fail(path, f"parameter {source} has no counterpart in the model")
-        name, transform = target
-        weights[name] = transform(value) if transform else value
+        name, array = common.converted(path, source, value, _target(source), "parameter")
+        weights[name] = array
     pretrainer = common.build_pretrainer(backbone_config, pretrainer_config)
     common.assign_weights(path, pretrainer, weights)
     return pretrainer

@@ -43,6 +43,7 @@ from PIL import Image  # noqa: E402
 from PIL import ImageFilter  # noqa: E402
 
 from keras_m3ae import data  # noqa: E402
+from keras_m3ae.data import crops as crop_rules  # noqa: E402
 from keras_m3ae.data import examples as examples_lib  # noqa: E402
 from keras_m3ae.data import transforms  # noqa: E402
 from keras_m3ae.data.skips import SkipCounter  # noqa: E402
@@ -80,7 +81,7 @@ def write_shards(directory, num_images, width, height, num_shards=8):
 def full_decode_crop(image_bytes, crop_seed):
     """Decodes the whole JPEG (same IDCT as ours), then cuts the RandomResizedCrop window."""
     image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method=transforms.JPEG_DCT_METHOD)
-    window = transforms._sample_crop_window(tf.shape(image), crop_seed)
+    window = crop_rules.sample_crop_window(tf.shape(image), crop_seed)
     return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
 
 
@@ -90,11 +91,10 @@ def full_decode_random_resized_crop(image_bytes, image_size, seed, fmt=None, dct
     Same crop window, flip (of the uint8 crop) and resize; only the decode
     differs: the whole image at full resolution, whatever `dct_scaling` says.
     """
-    crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    flip_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+    crop_seed, flip_seed = crop_rules.crop_seeds(seed)
     crop = tf.image.stateless_random_flip_left_right(
         full_decode_crop(image_bytes, crop_seed), flip_seed)
-    return transforms._resize(crop, image_size)
+    return crop_rules.resize_crop(crop, image_size)
 
 
 @contextlib.contextmanager
@@ -180,7 +180,7 @@ def stage_costs(paths, args, repeats):
             tf.stack([tf.constant(0, tf.int64), index]), 1)
 
     def crop_window(index, jpeg, dct_scaling=True):
-        window = transforms._sample_crop_window(tf.image.extract_jpeg_shape(jpeg), seed(index))
+        window = crop_rules.sample_crop_window(tf.image.extract_jpeg_shape(jpeg), seed(index))
         return transforms.decode_jpeg_window(jpeg, window, size, dct_scaling)
 
     def checks(index, jpeg, caption):
@@ -194,7 +194,7 @@ def stage_costs(paths, args, repeats):
 
     crops = items.map(lambda i, j, c, r: crop_window(i, j, dct_scaling=False)).cache()
     scaled_crops = items.map(lambda i, j, c, r: crop_window(i, j)).cache()
-    resized = crops.map(lambda x: transforms._resize(x, size)).cache()
+    resized = crops.map(lambda x: crop_rules.resize_crop(x, size)).cache()
     tokenizer = M3AETokenizer(max_text_length=64)
     stages = [
         ("empty map (per-element overhead)", items.map(lambda i, j, c, r: i)),
@@ -207,9 +207,9 @@ def stage_costs(paths, args, repeats):
         ("decode full image, crop (baseline)",
          items.map(lambda i, j, c, r: full_decode_crop(j, seed(i)))),
         (f"bicubic resize to {size} + clip (full-res crops)",
-         crops.map(lambda x: transforms._resize(x, size))),
+         crops.map(lambda x: crop_rules.resize_crop(x, size))),
         (f"bicubic resize to {size} + clip (DCT-scaled crops)",
-         scaled_crops.map(lambda x: transforms._resize(x, size))),
+         scaled_crops.map(lambda x: crop_rules.resize_crop(x, size))),
         ("random flip of the uint8 crop", crops.map(
             lambda x: tf.image.stateless_random_flip_left_right(x, [1, 2]))),
         ("normalise one image at a time", resized.map(transforms.normalize_image)),

@@ -12,6 +12,7 @@ from PIL import Image
 import keras_hub
 import records
 from keras_m3ae import data
+from keras_m3ae.data import crops
 from keras_m3ae.data import transforms
 
 MEAN = np.array(data.CC12M_MEAN, np.float32)
@@ -133,7 +134,7 @@ def test_random_resized_crop_decodes_only_the_window():
     jpeg = encode(pixels, quality=95)
     seed = tf.constant([3, 4], tf.int64)
     crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    window = transforms._sample_crop_window(tf.constant([60, 80, 3]), crop_seed).numpy()
+    window = crops.sample_crop_window(tf.constant([60, 80, 3]), crop_seed).numpy()
     y, x, h, w = window
     assert 0.2 * 4800 * 0.9 <= h * w <= 4800 and 0.7 <= w / h <= 1.4
     # Decoded as PIL decodes it (libjpeg's accurate IDCT).

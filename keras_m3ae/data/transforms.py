@@ -117,14 +117,6 @@ def is_complete_image(image_bytes, fmt):
     return ok
 
 
-# Kept for callers of the old private names (benchmarks, tests).
-_sample_crop_window = crops.sample_crop_window
-
-
-def _resize(image, image_size):
-    return crops.resize_crop(image, image_size)
-
-
 # Scales at which libjpeg can decode (inverse DCT at 1/2, 1/4, 1/8 size).
 _JPEG_SCALES = (1, 2, 4, 8)
 

@@ -11,6 +11,7 @@ import keras
 from keras_m3ae import data
 from keras_m3ae.models import M3AEBackbone
 from keras_m3ae.models import M3AEPretrainer
+from keras_m3ae.optimizers import pretrain_optimizer
 
 IMAGE_SIZE = 64
 TEXT_LENGTH = 16
@@ -84,7 +85,7 @@ def pretrain_demo(shards, vocabulary, num_examples, epochs=16, batch_size=64, le
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * max(epochs - 1, 1), warmup_target=learning_rate, warmup_steps=steps
     )
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.05, beta_2=0.95))
+    pretrainer.compile(optimizer=pretrain_optimizer(schedule))
     train = demo_dataset(shards, vocabulary, batch_size, training=True, seed=seed,
                          shuffle_buffer=num_examples, repeat=True)
     history = pretrainer.fit(train, epochs=epochs, steps_per_epoch=steps, verbose=verbose)

@@ -56,6 +56,8 @@ def normalize_compression(compression_type):
 # What the probe reads of a file at most: enough for `PROBE_RECORDS` records
 # of web-scale image-text data, little enough to cost milliseconds.
 _PROBE_BYTES = 4 << 20
+# The largest single record the probe reads.
+_MAX_PROBE_BYTES = 256 << 20
 
 
 def _crc32c_table():
@@ -83,18 +85,25 @@ def _masked_crc32c(data):
 def _head_bytes(path, compression_type, size=_PROBE_BYTES):
     """Up to `size` (decompressed) bytes from the start of `path`; b"" if they don't decompress."""
     with tf.io.gfile.GFile(path, "rb") as f:
-        if compression_type == "GZIP":
-            try:
-                return gzip.GzipFile(fileobj=f).read(size)
-            except (OSError, EOFError, zlib.error):
-                return b""
-        raw = f.read(size)
-    if compression_type == "ZLIB":
         try:
-            return zlib.decompressobj().decompress(raw, size)
-        except zlib.error:
+            if compression_type == "GZIP":
+                return gzip.GzipFile(fileobj=f).read(size)
+            if compression_type == "ZLIB":
+                return _inflate_head(f, size)
+        except (OSError, EOFError, zlib.error):
             return b""
-    return raw
+        return f.read(size)
+
+
+def _inflate_head(f, size, chunk=1 << 20):
+    """The first `size` bytes of the zlib stream `f`, never inflating more."""
+    inflater, out = zlib.decompressobj(), b""
+    while len(out) < size:
+        data = inflater.unconsumed_tail or f.read(chunk)
+        if not data:
+            break
+        out += inflater.decompress(data, size - len(out))
+    return out
 
 
 def _read_records(path, compression_type, count):
@@ -104,15 +113,24 @@ def _read_records(path, compression_type, count):
     build: this runs for every dataset built). A record counts when its
     length field passes its CRC and the record fits in the bytes read.
     """
-    head = _head_bytes(path, compression_type)
+    size = _PROBE_BYTES
+    head = _head_bytes(path, compression_type, size)
     records, offset = [], 0
     while len(records) < count and offset + 12 <= len(head):
         length_bytes = head[offset:offset + 8]
         (length,) = struct.unpack("<Q", length_bytes)
         (length_crc,) = struct.unpack("<I", head[offset + 8:offset + 12])
         end = offset + 12 + length
-        if _masked_crc32c(length_bytes) != length_crc or end + 4 > len(head):
+        if _masked_crc32c(length_bytes) != length_crc:
             break
+        if end + 4 > len(head):
+            # A first record larger than the bytes read (a huge image) is
+            # read in full; later ones are left for the pipeline.
+            if records or len(head) < size or end + 4 > _MAX_PROBE_BYTES:
+                break
+            size = end + 4
+            head = _head_bytes(path, compression_type, size)
+            continue
         records.append(head[offset + 12:end])
         offset = end + 4
     return records

@@ -61,8 +61,11 @@ class M3AEStructure(NamedTuple):
 _MAX_ABS_NORMALISED_PIXEL = 10.0
 
 
-def _check_image_values(images):
-    """Float images, and for numpy arrays values that look normalised."""
+def _check_image_values(images, has_image=None):
+    """Float images, and for numpy arrays values that look normalised.
+
+    Absent images (`has_image` False) are not looked at: they take no part.
+    """
     dtype = getattr(images, "dtype", None)
     if dtype is not None and "float" not in keras.backend.standardize_dtype(dtype):
         raise ValueError(
@@ -70,6 +73,8 @@ def _check_image_values(images):
             "images normalised with the CC12M mean and std "
             "(`keras_m3ae.data.normalize_image`)."
         )
+    if isinstance(images, np.ndarray) and isinstance(has_image, (np.ndarray, list)):
+        images = images[np.asarray(has_image, bool)]
     if isinstance(images, np.ndarray) and images.size:
         low, high = float(np.nanmin(images)), float(np.nanmax(images))
         if max(abs(low), abs(high)) > _MAX_ABS_NORMALISED_PIXEL:
@@ -370,7 +375,7 @@ class M3AEBackbone(Backbone):
                 f"{expected[0]}x{expected[1]} (resize them, or build the model "
                 "with this `image_size`)."
             )
-        _check_image_values(inputs["images"])
+        _check_image_values(inputs["images"], inputs.get("has_image"))
         if not self.has_text:
             return
         for key in ("token_ids", "padding_mask"):

@@ -163,6 +163,8 @@ def test_unreadable_sources_fail_fast_naming_the_cause(tmp_path):
     not_examples = write(tmp_path / "raw.tfrecord", [b"\x00\x01 not an Example" * 3] * 4)
     no_image = write(tmp_path / "noimg.tfrecord", [example(png=b"abc", txt="t")] * 4)
     (tmp_path / "junk.tfrecord").write_bytes(b"hello, these are no records" * 10)
+    garbage_body = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+    undecodable = write(tmp_path / "bodies.tfrecord", [example(jpg=garbage_body, txt="t")] * 3)
     # The cases that today re-read forever with training=True + repeat.
     cases = [
         (gzipped, dict(compression_type=""),
@@ -175,6 +177,7 @@ def test_unreadable_sources_fail_fast_naming_the_cause(tmp_path):
         (good, dict(label_key="class"), r"No feature 'class' \(`label_key`\)"),
         (no_image, {}, r"No feature 'jpg' .*keys present are \['png', 'txt'\]"),
         (not_examples, {}, r"None of the first 4 record\(s\) .* is a tf.train.Example"),
+        (undecodable, {}, r"None of the 3 image\(s\) under 'jpg' .* decodes"),
         (str(tmp_path / "junk.tfrecord"), {},
          r"can be read as TFRecords, uncompressed, GZIP or ZLIB .*b'hello, t'"),
     ]

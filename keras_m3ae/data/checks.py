@@ -208,8 +208,16 @@ def _keys_and_images(records, image_key):
             encoded.append(features[image_key].bytes_list.value[0])
     # One call for all: the format test is elementwise.
     formats = transforms.image_format(tf.constant(encoded, tf.string)) if encoded else []
-    images = sum(int(f) != transforms.FORMAT_UNKNOWN for f in np.asarray(formats))
+    images = [b for b, f in zip(encoded, np.asarray(formats)) if f != transforms.FORMAT_UNKNOWN]
     return sorted(keys), examples, images
+
+
+def _decodes(encoded):
+    try:
+        tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return False
 
 
 def probe_records(files, compression_type, image_key, caption_key=None, label_key=None):
@@ -217,7 +225,7 @@ def probe_records(files, compression_type, image_key, caption_key=None, label_ke
 
     Checks only what would make EVERY record fail: records that are not
     `tf.train.Example`s, no `image_key` feature, no recognisable image
-    under it, no `label_key`. Some broken records among good ones are left
+    under it or none that decodes, no `label_key`. Some broken records among good ones are left
     to the skip counter. A caption key found in no record is only warned
     about (the examples train without text).
 
@@ -258,6 +266,12 @@ def probe_records(files, compression_type, image_key, caption_key=None, label_ke
         raise ValueError(
             f"The {image_key!r} feature of {where} holds no JPEG, PNG, GIF, BMP or WebP "
             f"image: the keys present are {keys}; is `image_key` the image feature?"
+        )
+    # Decoded until one works: usually the first, one decode per dataset built.
+    if not any(_decodes(image) for image in images):
+        raise ValueError(
+            f"None of the {len(images)} image(s) under {image_key!r} in {where} decodes "
+            "(their headers look like images, their bodies do not); are the shards corrupt?"
         )
     if label_key and label_key not in keys:
         raise ValueError(

@@ -1,9 +1,11 @@
 """Bad data is skipped and counted, never crashes, never passes as good."""
 
 import io
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_m3ae import data
@@ -130,3 +132,73 @@ def test_all_files_empty_is_an_error(tmp_path):
     (tmp_path / "a.tfrecord").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
         data.image_text_dataset(str(tmp_path / "a.tfrecord"))
+
+
+def _write_compressed(path, records, compression_type):
+    options = tf.io.TFRecordOptions(compression_type=compression_type)
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for record in records:
+            writer.write(record)
+    return str(path)
+
+
+def _captioned(n, start=0):
+    return [example(jpg=encode(noisy(start + i)), txt=f"caption {start + i}", label=start + i)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("compression,asked", [("GZIP", "gzip"), ("ZLIB", None)])
+def test_compressed_shards_are_read_when_asked_or_detected(tmp_path, compression, asked):
+    path = _write_compressed(tmp_path / "a.tfrecord", _captioned(5), compression)
+    ds = data.image_text_dataset(path, image_size=8, max_text_length=4, batch_size=None,
+                                 training=False, label_key="label", compression_type=asked)
+    assert sorted(int(label) for _, label in ds.as_numpy_iterator()) == [0, 1, 2, 3, 4]
+    # Compressed sizes are not record bytes: nothing is miscounted as truncated.
+    assert ds.skip_counter.counts()["file_truncated"] == 0
+
+
+def test_unreadable_sources_fail_fast_naming_the_cause(tmp_path):
+    good = write(tmp_path / "plain.tfrecord", _captioned(3))
+    gzipped = _write_compressed(tmp_path / "gz.tfrecord", _captioned(3), "GZIP")
+    not_examples = write(tmp_path / "raw.tfrecord", [b"\x00\x01 not an Example" * 3] * 4)
+    no_image = write(tmp_path / "noimg.tfrecord", [example(png=b"abc", txt="t")] * 4)
+    (tmp_path / "junk.tfrecord").write_bytes(b"hello, these are no records" * 10)
+    garbage_body = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+    undecodable = write(tmp_path / "bodies.tfrecord", [example(jpg=garbage_body, txt="t")] * 3)
+    # The cases that today re-read forever with training=True + repeat.
+    cases = [
+        (gzipped, dict(compression_type=""),
+         r"look GZIP-compressed: pass compression_type='GZIP'"),
+        (good, dict(compression_type="GZIP"), r"look uncompressed: pass compression_type=''"),
+        (good, dict(image_key="image"),
+         r"No feature 'image' in the first 3 record\(s\) of .*plain.tfrecord: the keys "
+         r"present are \['jpg', 'label', 'txt'\]; pass the image feature as `image_key`"),
+        (good, dict(image_key="txt"), r"'txt' feature .* holds no JPEG"),
+        (good, dict(label_key="class"), r"No feature 'class' \(`label_key`\)"),
+        (no_image, {}, r"No feature 'jpg' .*keys present are \['png', 'txt'\]"),
+        (not_examples, {}, r"None of the first 4 record\(s\) .* is a tf.train.Example"),
+        (undecodable, {}, r"None of the 3 image\(s\) under 'jpg' .* decodes"),
+        (str(tmp_path / "junk.tfrecord"), {},
+         r"can be read as TFRecords, uncompressed, GZIP or ZLIB .*b'hello, t'"),
+    ]
+    for path, kwargs, message in cases:
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=message):
+            data.image_text_dataset(path, image_size=8, batch_size=2, training=True,
+                                    repeat=True, **kwargs)
+        assert time.perf_counter() - start < 10, (path, kwargs)
+    with pytest.raises(ValueError, match="compression_type must be None"):
+        data.image_text_dataset(good, compression_type="bz2")
+    # image_dataset probes its TFRecords too.
+    with pytest.raises(ValueError, match="No feature 'jpg'"):
+        data.image_dataset(no_image, image_size=8, batch_size=2, repeat=True)
+
+
+def test_a_broken_first_file_does_not_hide_good_ones(tmp_path):
+    intact = write(tmp_path / "full.tfrecord", _captioned(2))
+    (tmp_path / "00000.tfrecord").write_bytes(open(intact, "rb").read()[:10])  # no record
+    write(tmp_path / "00001.tfrecord", _captioned(2, start=10))
+    ds = data.image_text_dataset(str(tmp_path / "0000*.tfrecord"), image_size=8, batch_size=None,
+                                 training=False, label_key="label")
+    assert sorted(int(label) for _, label in ds.as_numpy_iterator()) == [10, 11]
+    assert ds.skip_counter.counts()["file_truncated"] == 1

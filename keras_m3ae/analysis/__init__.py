@@ -8,6 +8,8 @@ from keras_m3ae.analysis.ood import MahalanobisDetector
 from keras_m3ae.analysis.ood import auroc
 from keras_m3ae.analysis.ood import extract_features
 from keras_m3ae.analysis.ood import max_softmax_score
+from keras_m3ae.analysis.snapshots import ReconstructionSnapshots
+from keras_m3ae.analysis.snapshots import reconstruction_grid
 from keras_m3ae.analysis.visualization import plot_reconstructions
 from keras_m3ae.analysis.visualization import reconstruct
 from keras_m3ae.analysis.visualization import to_pixels

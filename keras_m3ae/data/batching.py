@@ -14,6 +14,7 @@ import functools
 import tensorflow as tf
 
 from keras_m3ae.data import transforms
+from keras_m3ae.data.checks import DataSpec
 from keras_m3ae.data.options import order_defaults
 from keras_m3ae.data.tokenizer import M3AETokenizer
 
@@ -108,14 +109,16 @@ class UnpreparedSource:
 
 
 def finalize_source(examples, batch_size, options, counter, vocabulary, max_text_length,
-                    normalize_images=True):
+                    normalize_images=True, has_text=True):
     """The builders' last step: `finalize`, with the source's bookkeeping attached.
 
     Captions are tokenized with the `vocabulary` (None: bert-base-uncased)
     and `max_text_length`; `normalize_images` is False for text-only
-    sources, whose zero images stay zero.
+    sources, whose zero images stay zero; `has_text` is False for
+    image-only sources, whose token ids are all padding.
 
-    The returned dataset has a `skip_counter` attribute, and, when
+    The returned dataset has `skip_counter` and `data_spec` (what its
+    batches promise the model, `checks.DataSpec`) attributes, and, when
     unbatched, an `unprepared` one (`UnpreparedSource`) for `mix_datasets`.
     These are plain attributes: datasets derived by the user lack them, but
     `skipped_counts()` still sees the counter, and a mixture of such
@@ -125,6 +128,10 @@ def finalize_source(examples, batch_size, options, counter, vocabulary, max_text
     ds = finalize(examples, batch_size, options.training, options.drop_remainder,
                   options.deterministic, tokenizer, normalize_images)
     ds.skip_counter = counter
+    example_spec = examples.element_spec
+    example_spec = example_spec[0] if isinstance(example_spec, tuple) else example_spec
+    ds.data_spec = DataSpec(example_spec["images"].shape[0], tokenizer.max_text_length,
+                            tokenizer.vocabulary_size if has_text else None)
     if batch_size is None:
         ds.unprepared = UnpreparedSource(examples.prefetch(AUTOTUNE), tokenizer)
     return ds

@@ -23,6 +23,9 @@ caching, seed, batching, skip counting) are `options.ReaderOptions`, passed
 as keyword arguments.
 """
 
+import functools
+
+from keras_m3ae.data import checks
 from keras_m3ae.data import examples as examples_lib
 from keras_m3ae.data import files as files_lib
 from keras_m3ae.data.batching import finalize_source
@@ -79,11 +82,17 @@ def image_text_dataset(
             resolution always.
         **options: the shared reader options, documented once in
             `ReaderOptions`: `shard_index`, `num_shards`, `shuffle_buffer`,
-            `cache`, `seed`, `deterministic`, `repeat`, `drop_remainder`,
-            `skip_counter`, `num_parallel_files`.
+            `cache`, `compression_type`, `seed`, `deterministic`, `repeat`,
+            `drop_remainder`, `skip_counter`, `num_parallel_files`.
 
     Returns:
-        A `tf.data.Dataset` with a `skip_counter` attribute.
+        A `tf.data.Dataset` with `skip_counter` and `data_spec` (what its
+        batches promise the model, `checks.DataSpec`) attributes.
+
+    Raises:
+        ValueError: no record of this host's first files can become an
+            example (compressed shards read as uncompressed, no
+            `image_key` feature, ...); the message names the cause.
 
     Example:
 
@@ -96,7 +105,9 @@ def image_text_dataset(
         raise ValueError(f"text_drop_rate must be in [0, 1], got {text_drop_rate}.")
     options = ReaderOptions(training=training, **options)
     counter = options.counter("image_text")
-    raw = files_lib.read_tfrecords(file_pattern, options, counter)
+    probe = functools.partial(checks.probe_records, image_key=image_key,
+                              caption_key=caption_key, label_key=label_key)
+    raw = files_lib.read_tfrecords(file_pattern, options, counter, probe)
     load = examples_lib.record_loader(image_key, caption_key, label_key)
     return _image_examples(raw, load, image_size, batch_size, vocabulary, max_text_length,
                            counter, options, text_drop_rate=text_drop_rate,
@@ -104,11 +115,11 @@ def image_text_dataset(
 
 
 def _image_examples(raw, load, image_size, batch_size, vocabulary, max_text_length, counter,
-                    options, **builder_args):
+                    options, has_text=True, **builder_args):
     """The image builders' common tail: decode and check each example, then batch."""
     builder = examples_lib.ExampleBuilder(load, image_size, counter, options, **builder_args)
     return finalize_source(builder.examples(raw), batch_size, options, counter, vocabulary,
-                           max_text_length)
+                           max_text_length, has_text=has_text)
 
 
 def image_dataset(
@@ -142,7 +153,7 @@ def image_dataset(
         **options: the shared reader options (see `ReaderOptions`).
 
     Returns:
-        A `tf.data.Dataset` with a `skip_counter` attribute.
+        A `tf.data.Dataset` with `skip_counter` and `data_spec` attributes.
 
     Example:
 
@@ -157,12 +168,14 @@ def image_dataset(
         raw, read = files_lib.read_image_files(folders, options)
         load = examples_lib.file_loader(read)
     else:
-        raw = files_lib.read_tfrecords(source, options, counter)
+        probe = functools.partial(checks.probe_records, image_key=image_key,
+                                  label_key=label_key)
+        raw = files_lib.read_tfrecords(source, options, counter, probe)
         load = examples_lib.record_loader(image_key, None, label_key)
     # An image-only source has no captions to complain about.
     return _image_examples(raw, load, image_size, batch_size, None, max_text_length, counter,
-                           options, has_labels=bool(label_key), dct_scaling=jpeg_dct_scaling,
-                           count_captions=False)
+                           options, has_text=False, has_labels=bool(label_key),
+                           dct_scaling=jpeg_dct_scaling, count_captions=False)
 
 
 def text_dataset(
@@ -191,7 +204,7 @@ def text_dataset(
         **options: the shared reader options (see `ReaderOptions`).
 
     Returns:
-        A `tf.data.Dataset` with a `skip_counter` attribute.
+        A `tf.data.Dataset` with `skip_counter` and `data_spec` attributes.
 
     Example:
 

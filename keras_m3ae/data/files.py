@@ -13,6 +13,8 @@ import logging
 import keras
 import tensorflow as tf
 
+from keras_m3ae.data import checks
+
 logger = logging.getLogger("keras_m3ae.data")
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -140,8 +142,11 @@ def _drop_empty_files(files, counter):
     return [p for p, _ in kept], [s for _, s in kept]
 
 
-def _read_record_file(path, size, counter, block=64):
+def _read_record_file(path, size, counter, block=64, compression_type=""):
     """Records of one TFRecord file; a truncated or corrupt tail is counted.
+
+    Compressed files end quietly at a bad record, uncounted: their size is
+    not the size of the records they hold.
 
     `ignore_errors` ends the file at the first bad record but says nothing,
     so the bytes the good records account for are added up and compared with
@@ -149,7 +154,9 @@ def _read_record_file(path, size, counter, block=64):
     over blocks of `block` records (five tf.data stages per block instead of
     per record), which are split into single records again at the end.
     """
-    records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).ignore_errors()
+    records = tf.data.TFRecordDataset(path, compression_type, buffer_size=1 << 20).ignore_errors()
+    if compression_type:
+        return records
     blocks = records.batch(block).map(lambda records: (records, False))
     sentinel = (tf.constant([], tf.string), True)
     blocks = blocks.concatenate(tf.data.Dataset.from_tensors(sentinel))
@@ -197,34 +204,44 @@ def _cache(ds, cache):
     return ds.cache(cache if isinstance(cache, str) else "")
 
 
-def read_tfrecords(file_pattern, options, counter):
+def read_tfrecords(file_pattern, options, counter, probe=None):
     """This host's TFRecord records, in the order and with the repeats of `options`.
 
     Zero-byte files are dropped (`file_empty`) and files that end in a
     truncated or corrupt record counted (`file_truncated`) in `counter`.
+    The compression is `options.compression_type`, checked on the first
+    files, or detected there when None (`checks.detect_compression`).
 
     Args:
         file_pattern: str or list of str, see `resolve_files`.
         options: `ReaderOptions`.
         counter: `SkipCounter`.
+        probe: function or None. Called as `probe(files, compression_type)`
+            before the pipeline is built, to fail fast on a source of which
+            nothing can be read (`checks.probe_records`).
 
     Returns:
         A `tf.data.Dataset` of serialized records.
     """
     files = shard_files(resolve_files(file_pattern), options.shard_index, options.num_shards)
     files, sizes = _drop_empty_files(files, counter)
+    compression = checks.detect_compression(files, options.compression_type)
+    if probe is not None:
+        probe(files, compression)
     size_of = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(files, tf.constant(sizes, tf.int64)), -1
     )
     return _interleave(
-        files, lambda path: _read_record_file(path, size_of.lookup(path), counter), options)
+        files, lambda path: _read_record_file(path, size_of.lookup(path), counter,
+                                              compression_type=compression), options)
 
 
 def read_text_lines(file_pattern, options):
     """This host's lines of text files (`*.txt` inside directories)."""
     files = shard_files(resolve_files(file_pattern, "*.txt"), options.shard_index,
                         options.num_shards)
-    return _interleave(files, tf.data.TextLineDataset, options)
+    compression = options.compression_type or ""
+    return _interleave(files, lambda path: tf.data.TextLineDataset(path, compression), options)
 
 
 def image_folders(sources):

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from keras_m3ae.data.batching import batch_and_prepare
 from keras_m3ae.data.batching import normalize_where_has_image
+from keras_m3ae.data.checks import merged_spec
 
 
 def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
@@ -31,8 +32,9 @@ def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
         deterministic: bool or None. Defaults to `not training`.
 
     Returns:
-        A `tf.data.Dataset` with the element structure of the sources, and a
-        `skip_counters` attribute listing the sources' counters.
+        A `tf.data.Dataset` with the element structure of the sources, a
+        `skip_counters` attribute listing the sources' counters, and a
+        `data_spec` covering the sources' (None if one has none).
 
     Example:
 
@@ -69,6 +71,7 @@ def mix_datasets(datasets, weights, batch_size, training=True, seed=None,
     mixed = batch_and_prepare(mixed, batch_size, training, drop_remainder, deterministic,
                               tokenizer, normalize)
     mixed.skip_counters = [getattr(ds, "skip_counter", None) for ds in datasets]
+    mixed.data_spec = merged_spec(getattr(ds, "data_spec", None) for ds in datasets)
     return mixed
 
 

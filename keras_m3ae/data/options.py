@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 
+from keras_m3ae.data.checks import normalize_compression
 from keras_m3ae.data.files import default_shard
 from keras_m3ae.data.skips import SkipCounter
 
@@ -39,6 +40,9 @@ class ReaderOptions:
         shuffle_buffer: int. Examples in the shuffle buffer (training only).
         cache: bool or str. Cache the encoded records in memory (True) or in
             a file with this path prefix; augmentation stays random.
+        compression_type: str or None. "GZIP" or "ZLIB" for compressed
+            TFRecord (or text) files, "" for uncompressed; None detects it
+            from the first TFRecord file (text files: uncompressed).
         seed: int or None. Seed of file order, shuffling and augmentation
             (None: a random one). Hosts with the same seed still draw
             different augmentations.
@@ -58,6 +62,7 @@ class ReaderOptions:
     num_shards: "int | None" = None
     shuffle_buffer: int = 10_000
     cache: "bool | str" = False
+    compression_type: "str | None" = None
     seed: "int | None" = None
     deterministic: "bool | None" = None
     repeat: bool = False
@@ -69,6 +74,8 @@ class ReaderOptions:
         shard_index, num_shards = default_shard(self.shard_index, self.num_shards)
         deterministic, drop_remainder = order_defaults(
             self.training, self.deterministic, self.drop_remainder)
+        object.__setattr__(self, "compression_type",
+                           normalize_compression(self.compression_type))
         seed = self.seed
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))

@@ -14,6 +14,10 @@ from keras_m3ae.training.callbacks import SkipCountLogger
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
+from keras_m3ae.training.monitoring import RunSummary
+from keras_m3ae.training.monitoring import SummaryWriter
+from keras_m3ae.training.monitoring import TensorBoardScalars
+from keras_m3ae.training.monitoring import writes_here
 
 __getattr__ = moved_names(
     __name__,

@@ -111,10 +111,11 @@ class SkipCountLogger(keras.callbacks.Callback):
     Every `every_steps` steps and at the end of every epoch, the non-zero
     counts of `counter` (see `keras_m3ae.data.skips.REASONS`; decoder
     failures included) are logged at WARNING level when they changed, and
-    at epoch end the number of examples dropped so far is added to the
-    epoch's logs as `skipped` (one stable column, so `CSVLogger` and
-    `TensorBoard` placed after this callback record it). A run that reads mostly broken data is then visible long before
-    `fit` returns.
+    the number of examples dropped so far is added to every step's and
+    every epoch's logs as `skipped` (one stable column, so `CSVLogger` and
+    `TensorBoard` placed after this callback record it, TensorBoard per
+    step with `update_freq`). A run that reads mostly broken data is then
+    visible long before `fit` returns.
 
     Args:
         counter: a `keras_m3ae.data.SkipCounter`, e.g. `dataset.skip_counter`.
@@ -146,6 +147,8 @@ class SkipCountLogger(keras.callbacks.Callback):
         self._steps += 1
         if self.every_steps and self._steps % self.every_steps == 0:
             self._report(f"step {self._steps}")
+        if logs is not None:
+            logs["skipped"] = float(self.counter.total_skipped())
 
     def on_epoch_end(self, epoch, logs=None):
         self._report(f"epoch {epoch + 1}")

@@ -56,6 +56,36 @@ class M3AEStructure(NamedTuple):
         return [embeddings] + blocks + [list(self.final_norm.weights)]
 
 
+# Pixels in [0, 1] normalised with the CC12M (or ImageNet) mean and std lie
+# within about [-2.2, 2.7]; beyond this bound images are surely unnormalised.
+_MAX_ABS_NORMALISED_PIXEL = 10.0
+
+
+def _check_image_values(images, has_image=None):
+    """Float images, and for numpy arrays values that look normalised.
+
+    Absent images (`has_image` False) are not looked at: they take no part.
+    """
+    dtype = getattr(images, "dtype", None)
+    if dtype is not None and "float" not in keras.backend.standardize_dtype(dtype):
+        raise ValueError(
+            f"`images` are {keras.backend.standardize_dtype(dtype)}; the model takes float "
+            "images normalised with the CC12M mean and std "
+            "(`keras_m3ae.data.normalize_image`)."
+        )
+    if isinstance(images, np.ndarray) and isinstance(has_image, (np.ndarray, list)):
+        images = images[np.asarray(has_image, bool)]
+    if isinstance(images, np.ndarray) and images.size:
+        low, high = float(np.nanmin(images)), float(np.nanmax(images))
+        if max(abs(low), abs(high)) > _MAX_ABS_NORMALISED_PIXEL:
+            raise ValueError(
+                f"`images` range over [{low:.4g}, {high:.4g}]; the model takes images "
+                "normalised with the CC12M mean and std (about [-2.2, 2.7]; bound "
+                f"{_MAX_ABS_NORMALISED_PIXEL:g}): pixels in [0, 255] go "
+                "through `keras_m3ae.data.normalize_image` first."
+            )
+
+
 @keras.saving.register_keras_serializable(package="keras_m3ae")
 class M3AEBackbone(Backbone):
     """Multimodal masked autoencoder encoder (M3AE); image-only it is MAE.
@@ -309,8 +339,9 @@ class M3AEBackbone(Backbone):
     def check_inputs(self, inputs):
         """Raises a clear `ValueError` for inputs the model cannot take.
 
-        Static checks (keys, ranks, sizes, channels, text length) always run;
-        token id ranges are checked when the ids are concrete arrays.
+        Static checks (keys, ranks, sizes, channels, text length, dtypes)
+        always run; token id ranges and the image value range (normalised,
+        not pixels in [0, 255]) are checked when they are numpy arrays.
 
         Args:
             inputs: dict with `"images"` and, for M3AE, `"token_ids"` and
@@ -344,6 +375,7 @@ class M3AEBackbone(Backbone):
                 f"{expected[0]}x{expected[1]} (resize them, or build the model "
                 "with this `image_size`)."
             )
+        _check_image_values(inputs["images"], inputs.get("has_image"))
         if not self.has_text:
             return
         for key in ("token_ids", "padding_mask"):
@@ -359,6 +391,12 @@ class M3AEBackbone(Backbone):
                     f"{self.max_text_length}."
                 )
         ids = inputs["token_ids"]
+        dtype = getattr(ids, "dtype", None)
+        if dtype is not None and "int" not in keras.backend.standardize_dtype(dtype):
+            raise ValueError(
+                f"`token_ids` are {keras.backend.standardize_dtype(dtype)}; the model takes "
+                "integer ids."
+            )
         if isinstance(ids, (np.ndarray, list)):
             ids = np.asarray(ids)
             if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):

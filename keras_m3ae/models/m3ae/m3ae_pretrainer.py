@@ -6,6 +6,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_m3ae.data.checks import contract_errors
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.masking import num_kept
 from keras_m3ae.layers.masking import random_masking
@@ -303,15 +304,32 @@ class M3AEPretrainer(keras.Model):
 
         `call` trusts its inputs; by the time it runs inside `fit` Keras has
         made tensors of the arrays and token id ranges can no longer be read.
-        Direct calls and datasets (by their element spec) are checked too;
-        generators and `PyDataset`s, read lazily, are left to Keras.
+        Direct calls and datasets (by their element spec) are checked too; a
+        dataset of `keras_m3ae.data` also by its `data_spec` (image size,
+        text length, tokenizer vocabulary against the backbone's), before
+        the first step. Generators and `PyDataset`s, read lazily, are left
+        to Keras; `keras_m3ae.data.checks.validate_batches` checks values
+        per batch while debugging.
         """
+        data_spec = getattr(x, "data_spec", None)
+        if data_spec is not None:
+            self._check_data_spec(data_spec)
         spec = getattr(x, "element_spec", None)
         if spec is not None:
             x = spec[0] if isinstance(spec, tuple) else spec
         elif not isinstance(x, (dict, list, tuple)) and not hasattr(x, "shape"):
             return
         self.backbone.check_inputs(x)
+
+    def _check_data_spec(self, data_spec):
+        """A dataset's promises (`keras_m3ae.data.checks.DataSpec`) against the backbone."""
+        backbone = self.backbone
+        errors = contract_errors(
+            data_spec, backbone.image_size,
+            backbone.max_text_length if backbone.has_text else None,
+            backbone.vocabulary_size if backbone.has_text else None)
+        if errors:
+            raise ValueError("The dataset does not fit the model: " + "; ".join(errors) + ".")
 
     def __call__(self, inputs, *args, **kwargs):
         self._check_data(inputs)

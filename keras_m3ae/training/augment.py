@@ -133,7 +133,10 @@ def mix_batch(images, labels, seed, mixup_alpha=0.8, cutmix_alpha=1.0, switch_pr
         each example's own label and whether CutMix was used.
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
-        raise ValueError("mix_batch needs `mixup_alpha` or `cutmix_alpha` above 0.")
+        raise ValueError(
+            "mix_batch needs `mixup_alpha` or `cutmix_alpha` above 0; "
+            f"got {mixup_alpha} and {cutmix_alpha}."
+        )
     seed = tf.cast(seed, tf.int64)
     switch_seed, mixup_seed, cutmix_seed, box_seed = (
         tf.random.experimental.stateless_fold_in(seed, i) for i in range(4))

@@ -198,7 +198,8 @@ class FineTuneAugmentation:
         switch_prob: float. Probability of CutMix rather than MixUp for a
             batch when both are on (0.5).
         value_range: pixel range of the images.
-        seed: optional int. Same seed, same augmentation sequence.
+        seed: optional int: same seed, same augmentation sequence. A `(2,)`
+            stateless seed instead gives every batch the same draws (tests).
 
     Example:
     >>> augment = FineTuneAugmentation(num_classes=1000)

@@ -106,6 +106,18 @@ def text_masking(noise, pad, ratio, keep):
     return real_sorted[:n_vis], slots
 
 
+def text_mean(values, mask, reduction="per_example"):
+    """The text loss's average of `values` `(B, T)` over `mask`.
+
+    "per_example" is the reference M3AE code's: each example's masked mean
+    (0 without masked tokens), then the mean of the examples. "per_token":
+    one mean over every masked token of the batch.
+    """
+    if reduction == "per_token":
+        return (values * mask).sum() / max(mask.sum(), 1)
+    return np.mean([(v * m).sum() / max(m.sum(), 1) for v, m in zip(values, mask)])
+
+
 def pretrain_losses(w, batch, image_noise, text_noise, cfg):
     """M3AE pretraining losses, following SPEC.md step by step."""
     images, ids, pad = batch["images"], batch["token_ids"], batch["padding_mask"]
@@ -159,8 +171,9 @@ def pretrain_losses(w, batch, image_noise, text_noise, cfg):
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
-    text_loss = (ce * txt_mask).sum() / max(txt_mask.sum(), 1)
-    acc = ((logits.argmax(-1) == ids) * txt_mask).sum() / max(txt_mask.sum(), 1)
+    reduction = cfg.get("text_loss_reduction", "per_example")
+    text_loss = text_mean(ce, txt_mask, reduction)
+    acc = text_mean((logits.argmax(-1) == ids).astype(float), txt_mask, reduction)
     return {
         "image_loss": image_loss,
         "text_loss": text_loss,

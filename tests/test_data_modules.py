@@ -148,11 +148,92 @@ def test_crop_windows():
         crops.center_crop_window(shape, 32, 0.0)
     areas = {}
     for scale in (crops.RANDOM_CROP_SCALE, augment.FINETUNE_CROP_SCALE):
-        windows = np.stack([crops.sample_crop_window(shape, tf.constant([i, 0]), scale).numpy()
-                            for i in range(200)])
+        windows = _tf_windows(60, 80, scale, 200)
         assert (windows[:, :2] >= 0).all() and (windows[:, :2] + windows[:, 2:] <= [60, 80]).all()
         areas[scale] = windows[:, 2] * windows[:, 3] / 4800
         assert areas[scale].min() >= scale[0] * 0.9
     assert areas[augment.FINETUNE_CROP_SCALE].min() < 0.2
     same = crops.sample_crop_window(shape, tf.constant([3, 0]))
     np.testing.assert_array_equal(same, crops.sample_crop_window(shape, tf.constant([3, 0])))
+
+
+def torchvision_crop_windows(height, width, scale, ratio, draws, rng):
+    """torchvision's `RandomResizedCrop.get_params`, in numpy, `draws` times.
+
+    Returns `(windows (draws, 4), fell_back (draws,))`.
+    """
+    windows, fell_back = [], []
+    for _ in range(draws):
+        for _ in range(10):
+            area = height * width * rng.uniform(*scale)
+            aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+            w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                windows.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w))
+                fell_back.append(False)
+                break
+        else:
+            if width / height < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif width / height > max(ratio):
+                h, w = height, int(round(height * max(ratio)))
+            else:
+                h, w = height, width
+            windows.append(((height - h) // 2, (width - w) // 2, h, w))
+            fell_back.append(True)
+    return np.array(windows), np.array(fell_back)
+
+
+def _tf_windows(height, width, scale, draws):
+    seeds = tf.stack([tf.range(draws, dtype=tf.int64), tf.fill([draws], tf.constant(7, tf.int64))], 1)
+    shape = tf.constant([height, width, 3])
+    sample = tf.function(lambda seeds: tf.map_fn(
+        lambda seed: crops.sample_crop_window(shape, seed, scale), seeds,
+        fn_output_signature=tf.int32))
+    return sample(seeds).numpy()
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("height, width, scale", [
+    (224, 224, crops.RANDOM_CROP_SCALE),  # pretraining
+    (40, 200, augment.FINETUNE_CROP_SCALE),  # most attempts fail: a quarter fall back
+])
+def test_crop_window_distribution_is_torchvisions(height, width, scale):
+    ratio = crops.RANDOM_CROP_RATIO
+    got = _tf_windows(height, width, scale, 3000)
+    expected, expected_fallback = torchvision_crop_windows(
+        height, width, scale, ratio, 10000, np.random.default_rng(0))
+    assert (got[:, :2] >= 0).all() and (got[:, :2] + got[:, 2:] <= [height, width]).all()
+    got_area = got[:, 2] * got[:, 3] / (height * width)
+    expected_area = expected[:, 2] * expected[:, 3] / (height * width)
+    # 3000 draws: the standard error of the mean area is ~0.004.
+    assert got_area.mean() == pytest.approx(expected_area.mean(), abs=0.015)
+    assert np.median(got_area) == pytest.approx(np.median(expected_area), abs=0.02)
+    got_aspect = np.log(got[:, 3] / got[:, 2])
+    assert got_aspect.mean() == pytest.approx(np.log(expected[:, 3] / expected[:, 2]).mean(), abs=0.02)
+    # Offsets are uniform over the free room: the window centres average the image centre.
+    centre = got[:, :2] + got[:, 2:] / 2
+    np.testing.assert_allclose(centre.mean(0), [height / 2, width / 2], rtol=0.03)
+    # Every fallback is the same centred window; other windows hardly ever equal it.
+    fallback_window = expected[np.argmax(expected_fallback)]
+    fell_back = (got == fallback_window).all(1)
+    assert fell_back.mean() == pytest.approx(expected_fallback.mean(), abs=0.03)
+    if (height, width) == (224, 224):
+        # The issue's numbers: torchvision's mean area 0.536 and median 0.530
+        # for scale (0.2, 1) on a square image (TensorFlow's sampler: 0.497, 0.476).
+        assert got_area.mean() == pytest.approx(0.536, abs=0.012)
+        assert np.median(got_area) == pytest.approx(0.530, abs=0.02)
+    else:
+        assert 0.2 < fell_back.mean() < 0.3
+
+
+@pytest.mark.backend_independent
+def test_crop_window_fallback_is_torchvisions_centre_crop():
+    # No attempt fits an area larger than the image: the fallback, every time.
+    too_large = (1.5, 2.0)
+    for shape, expected in [((40, 200), [0, 73, 40, 53]),  # ratio clamped to 4/3
+                            ((200, 40), [73, 0, 53, 40]),  # ratio clamped to 3/4
+                            ((60, 70), [0, 0, 60, 70])]:  # within the range: the whole image
+        windows = {tuple(crops.sample_crop_window(tf.constant(shape + (3,)), tf.constant([i, 1]),
+                                                  too_large).numpy()) for i in range(5)}
+        assert windows == {tuple(expected)}, shape

@@ -48,6 +48,15 @@ def test_pretrainer_matches_numpy_reference():
     np.testing.assert_array_equal(ops.convert_to_numpy(out["text_mask"]), expected["text_mask"])
     for key in ("image_loss", "text_loss", "text_accuracy", "loss"):
         assert losses[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    # The same forward pass under the other text reduction: only the text numbers move.
+    pretrainer.text_loss_reduction = "per_token"
+    per_token = {k: float(ops.convert_to_numpy(v)) for k, v in pretrainer.compute_losses(batch, out).items()}
+    expected_per_token = ref.pretrain_losses(
+        weights, batch, image_noise, text_noise, dict(CFG, text_loss_reduction="per_token")
+    )
+    for key in ("image_loss", "text_loss", "text_accuracy", "loss"):
+        assert per_token[key] == pytest.approx(expected_per_token[key], rel=1e-4, abs=1e-6), key
+    assert abs(expected_per_token["text_loss"] - expected["text_loss"]) > 1e-3
 
 
 def test_mask_counts_per_example():
@@ -109,6 +118,56 @@ def test_text_loss_and_accuracy():
     loss, acc = text_prediction_loss(logits, ids, mask)
     assert float(loss) == pytest.approx(-(np.log(0.7) + np.log(0.1)) / 2, rel=1e-5)
     assert float(acc) == pytest.approx(0.5)
+
+
+def _toy_captions():
+    """Captions of 40, 4 and 0 real tokens; 30, 3 and 0 of them masked.
+
+    The first caption's masked tokens get probability 0.02 on their target
+    (and argmax elsewhere), the second's 0.5 (and argmax on it).
+    """
+    vocab, length = 5, 40
+    ids = np.zeros((3, length), "int32")
+    probs = np.full((3, length, vocab), 0.25, "float32")
+    probs[..., 0] = 0.0
+    probs[0, :, :] = [0.02, 0.49, 0.49 - 1e-3, 1e-3, 0.0]
+    probs[1, :, :] = [0.5, 0.2, 0.2, 0.1, 0.0]
+    mask = np.zeros((3, length), "float32")
+    mask[0, :30] = 1.0
+    mask[1, :3] = 1.0
+    return np.log(np.maximum(probs, 1e-9)), ids, mask
+
+
+@pytest.mark.parametrize(
+    "reduction, expected_loss, expected_accuracy",
+    [
+        # Each caption's mean, then the batch's (the empty one counts 0).
+        ("per_example", (-np.log(0.02) - np.log(0.5) + 0.0) / 3, (0.0 + 1.0 + 0.0) / 3),
+        # One mean over the 33 masked tokens.
+        ("per_token", (-30 * np.log(0.02) - 3 * np.log(0.5)) / 33, 3 / 33),
+    ],
+)
+def test_text_loss_reduction_on_captions_of_unequal_length(reduction, expected_loss, expected_accuracy):
+    logits, ids, mask = _toy_captions()
+    loss, accuracy = text_prediction_loss(logits, ids, mask, reduction=reduction)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+    assert float(accuracy) == pytest.approx(expected_accuracy, rel=1e-5)
+    # The numpy oracle's reduction agrees.
+    ce = -np.take_along_axis(logits, ids[..., None], -1)[..., 0]
+    assert ref.text_mean(ce, mask, reduction) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_text_loss_reduction_option():
+    with pytest.raises(ValueError, match="per_caption"):
+        tiny_pretrainer(text_loss_reduction="per_caption")
+    pretrainer = tiny_pretrainer(text_loss_reduction="per_token")
+    config = pretrainer.get_config()
+    assert config["text_loss_reduction"] == "per_token"
+    assert keras_m3ae.M3AEPretrainer.from_config(config).text_loss_reduction == "per_token"
+    # Configs saved before the option existed load with the reference's reduction.
+    del config["text_loss_reduction"]
+    assert keras_m3ae.M3AEPretrainer.from_config(config).text_loss_reduction == "per_example"
+    assert tiny_pretrainer().text_loss_reduction == "per_example"
 
 
 def test_text_only_and_image_only_examples_add_nothing_of_the_absent_modality():

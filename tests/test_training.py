@@ -285,3 +285,35 @@ def test_torch_inplace_adam_left_alone_where_it_does_not_apply():
     assert not use_inplace_update(keras.optimizers.Adam(amsgrad=True))
     assert not use_inplace_update(keras.optimizers.SGD())
     assert not use_inplace_update(LARS(0.1))
+
+
+def test_recipe_adam_epsilon_against_the_original_formula():
+    from keras_m3ae.optimizers import fine_tune_optimizer
+    from keras_m3ae.optimizers import pretrain_optimizer
+    from keras_m3ae.optimizers.torch_adam import use_inplace_update
+
+    assert pretrain_optimizer().epsilon == fine_tune_optimizer().epsilon == 1e-8
+    assert pretrain_optimizer(epsilon=1e-6).epsilon == 1e-6
+    # Keras' step is the original (optax / torch) formula with the epsilon
+    # divided by sqrt(1 - beta_2^t): the relation the recipes' docstring states.
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(6, 5)) * np.array([1e-3, 1e-5, 1e-6, 1e-7, 1.0])
+    variable = keras.Variable(np.ones(5, "float32"))
+    optimizer = pretrain_optimizer(learning_rate=0.1, weight_decay=0.0)
+    use_inplace_update(optimizer)  # the torch fast path computes the same
+    w, m, v = np.ones(5), np.zeros(5), np.zeros(5)
+    w_torch = np.ones(5)
+    for t, g in enumerate(grads, 1):
+        optimizer.apply([keras.ops.convert_to_tensor(g.astype("float32"))], [variable])
+        m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+        m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.95**t)
+        w = w - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8 / np.sqrt(1 - 0.95**t))
+        w_torch = w_torch - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    got = keras.ops.convert_to_numpy(variable)
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+    # Against the original formula itself: equal where gradients dwarf epsilon,
+    # off by eps / |g| in these first steps, far off for gradients near epsilon.
+    np.testing.assert_allclose(got[4], w_torch[4], rtol=1e-6)
+    moved, moved_torch = 1 - got, 1 - w_torch
+    assert abs(moved[0] / moved_torch[0] - 1) < 2e-3
+    assert abs(moved[3] / moved_torch[3] - 1) > 5e-3

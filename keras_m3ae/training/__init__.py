@@ -1,5 +1,6 @@
 """Training aids: callbacks and safe writes for long runs, fine-tuning augmentation
-(`augment`) and classification datasets (`datasets`).
+(`augment`, with timm's RandAugment in `rand_augment`) and classification datasets
+(`datasets`).
 
 The optimizers, schedules and recipes live in `keras_m3ae.optimizers` and the
 classification loss and metric in `keras_m3ae.losses`; their old names here

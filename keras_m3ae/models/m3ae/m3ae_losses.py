@@ -46,18 +46,43 @@ def image_reconstruction_loss(predictions, patches, mask, norm_pix_loss=False):
     return _masked_mean(per_patch, mask)
 
 
-def text_prediction_loss(logits, token_ids, mask):
+TEXT_LOSS_REDUCTIONS = ("per_example", "per_token")
+
+
+def _per_example_mean(values, mask):
+    """Mean over each example's masked positions, then over the batch.
+
+    An example with nothing masked (no caption) counts as 0 and still
+    counts in the batch, as in the reference M3AE code.
+    """
+    mask = ops.cast(mask, "float32")
+    per_example = ops.sum(values * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
+    return ops.mean(per_example)
+
+
+def text_prediction_loss(logits, token_ids, mask, reduction="per_example"):
     """Cross-entropy and accuracy over masked, non-padding tokens.
 
     Args:
         logits: `(B, T, vocabulary_size)`.
         token_ids: int `(B, T)` targets.
         mask: `(B, T)`, 1 where a real token was masked.
+        reduction: `"per_example"` (the reference M3AE code): average each
+            example's masked tokens, then the examples, an example without
+            masked tokens counting 0, so every caption weighs the same
+            whatever its length. `"per_token"`: average all masked tokens of
+            the batch, so long captions weigh more and captionless examples
+            not at all. Accuracy is reduced the same way.
 
     Returns:
         `(loss, accuracy)`, scalar float32; 0 when nothing is masked.
     """
+    if reduction not in TEXT_LOSS_REDUCTIONS:
+        raise ValueError(
+            f"`reduction` must be one of {TEXT_LOSS_REDUCTIONS}; got {reduction!r}."
+        )
+    reduce = _per_example_mean if reduction == "per_example" else _masked_mean
     logits = ops.cast(logits, "float32")
     per_token = ops.sparse_categorical_crossentropy(token_ids, logits, from_logits=True)
     hits = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")), "float32")
-    return _masked_mean(per_token, mask), _masked_mean(hits, mask)
+    return reduce(per_token, mask), reduce(hits, mask)

@@ -14,6 +14,7 @@ from keras_m3ae.layers.masking import random_text_masking
 from keras_m3ae.layers.patching import patchify
 from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
+from keras_m3ae.models.m3ae.m3ae_losses import TEXT_LOSS_REDUCTIONS
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
 from keras_m3ae.optimizers.recipes import configure_optimizer
@@ -65,6 +66,14 @@ class M3AEPretrainer(keras.Model):
         image_loss_weight: float (1.0).
         text_loss_weight: float (0.5).
         norm_pix_loss: bool. Normalise each target patch by its mean and std.
+        text_loss_reduction: `"per_example"` (default, the reference M3AE
+            code): the text loss and accuracy average each example's masked
+            tokens, then the examples (a caption-less example counts 0), so
+            short captions weigh as much as long ones. `"per_token"`: the
+            mean over all masked tokens of the batch, the rule of earlier
+            versions. Configs saved without the key load with the new
+            default: the same weights, but a different text loss (and so
+            different training) for batches whose captions differ in length.
         seed: optional int for the masking `SeedGenerator`.
 
     Example:
@@ -88,9 +97,15 @@ class M3AEPretrainer(keras.Model):
         image_loss_weight=1.0,
         text_loss_weight=0.5,
         norm_pix_loss=False,
+        text_loss_reduction="per_example",
         seed=None,
         **kwargs,
     ):
+        if text_loss_reduction not in TEXT_LOSS_REDUCTIONS:
+            raise ValueError(
+                f"`text_loss_reduction` must be one of {TEXT_LOSS_REDUCTIONS}; "
+                f"got {text_loss_reduction!r}."
+            )
         for name, ratio in (("image_mask_ratio", image_mask_ratio), ("text_mask_ratio", text_mask_ratio)):
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1); got {ratio}.")
@@ -127,6 +142,7 @@ class M3AEPretrainer(keras.Model):
         self.image_loss_weight = image_loss_weight
         self.text_loss_weight = text_loss_weight
         self.norm_pix_loss = norm_pix_loss
+        self.text_loss_reduction = text_loss_reduction
         self.seed = seed
         self.num_image_kept = num_kept(backbone.num_patches, image_mask_ratio)
         self.num_text_kept = num_kept(backbone.max_text_length, text_mask_ratio)
@@ -253,7 +269,10 @@ class M3AEPretrainer(keras.Model):
         losses = {"image_loss": image_loss, "loss": self.image_loss_weight * image_loss}
         if self.backbone.has_text:
             text_loss, accuracy = text_prediction_loss(
-                outputs["text_logits"], inputs["token_ids"], outputs["text_mask"]
+                outputs["text_logits"],
+                inputs["token_ids"],
+                outputs["text_mask"],
+                reduction=self.text_loss_reduction,
             )
             losses.update(text_loss=text_loss, text_accuracy=accuracy)
             losses["loss"] = losses["loss"] + self.text_loss_weight * text_loss
@@ -402,6 +421,7 @@ class M3AEPretrainer(keras.Model):
                 "image_loss_weight": self.image_loss_weight,
                 "text_loss_weight": self.text_loss_weight,
                 "norm_pix_loss": self.norm_pix_loss,
+                "text_loss_reduction": self.text_loss_reduction,
                 "seed": self.seed,
             }
         )

@@ -14,6 +14,8 @@ from keras_m3ae.training.callbacks import SkipCountLogger
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
+from keras_m3ae.training.resume import TrainingCheckpoint
+from keras_m3ae.training.resume import fit_resumable
 
 __getattr__ = moved_names(
     __name__,

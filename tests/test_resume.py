@@ -92,13 +92,9 @@ class CrashAt(keras.callbacks.Callback):
             raise Crash()
 
 
-def train(pattern, out, epochs=2, steps_per_epoch=3, crash_at=None, pretrainer=None):
-    keras.utils.set_random_seed(0)
+def train(pattern, out, pretrainer, epochs=2, steps_per_epoch=3, crash_at=None):
     position = DataPosition(capacity=256)
     ds = stream(pattern, position)
-    if pretrainer is None:
-        pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
-        pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
     checkpoint = TrainingCheckpoint(os.path.join(out, "checkpoint"), every_steps=2,
                                     positions=[position], skip_counters=[ds.skip_counter],
                                     config={"batch_size": 4},
@@ -106,32 +102,43 @@ def train(pattern, out, epochs=2, steps_per_epoch=3, crash_at=None, pretrainer=N
     callbacks = [NonFiniteLossGuard()] + ([CrashAt(crash_at)] if crash_at else [])
     fit_resumable(pretrainer, ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                   checkpoint=checkpoint, callbacks=callbacks, verbose=0)
-    return pretrainer, checkpoint
+    return checkpoint
+
+
+def every_variable(model):
+    return model.variables + model.optimizer.variables + model.metrics_variables
 
 
 def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     pattern = write_shards(str(tmp_path / "data"))
-    reference, _ = train(pattern, str(tmp_path / "reference"))
-    out = str(tmp_path / "run")
-    os.makedirs(out)
-    # Crashes during step 4 (epoch 2, batch 1): the last checkpoint is the
-    # one of step 2, mid-epoch, and step 3 is in the log but not saved. The
-    # same model object resumes (one compilation less): the restore must
-    # undo step 3 in its weights, optimizer, masking seed and metrics.
-    keras.utils.set_random_seed(0)
+    # One model for all runs (one compilation): its whole state is put back
+    # to the start between the uninterrupted run and the crashed one.
     pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
     pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    pretrainer.optimizer.build(pretrainer.trainable_variables)
+    start = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
+    train(pattern, str(tmp_path / "reference"), pretrainer)
+    reference = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
+    for variable, value in zip(every_variable(pretrainer), start):
+        variable.assign(value)
+
+    # Crashes during step 4 (epoch 2, batch 1): the last checkpoint is the
+    # one of step 2, mid-epoch, and step 3 is in the log but not saved; the
+    # restore must undo step 3 in the weights, the optimizer, the masking
+    # seed and the metrics, and the data must continue after batch 2.
+    out = str(tmp_path / "run")
     with pytest.raises(Crash):
-        train(pattern, out, crash_at=4, pretrainer=pretrainer)
+        train(pattern, out, pretrainer, crash_at=4)
     manifest = json.load(open(os.path.join(out, "checkpoint", "manifest.json")))
     assert manifest["step"] == 2 and manifest["positions"][0][0]["examples"] == 8
     assert manifest["skip_counts"][0][0]["image_not_decodable"] >= 1
-    resumed, checkpoint = train(pattern, out, pretrainer=pretrainer)
+    checkpoint = train(pattern, out, pretrainer)
     assert checkpoint.step == 6
-    for a, b in zip(reference.variables, resumed.variables):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
-                                      keras.ops.convert_to_numpy(b), err_msg=a.path)
-    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 6
+    resumed = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
+    assert len(resumed) == len(reference)
+    for a, b, variable in zip(reference, resumed, every_variable(pretrainer)):
+        np.testing.assert_array_equal(a, b, err_msg=variable.path)
+    assert int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations)) == 6
     log = open(os.path.join(out, "steps.jsonl")).read()
     assert log == open(os.path.join(tmp_path, "reference", "steps.jsonl")).read()
     assert [json.loads(line)["step"] for line in log.splitlines()] == list(range(1, 7))

@@ -3,6 +3,9 @@
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,11 +15,13 @@ from records import write_records
 
 from conftest import tiny_backbone
 from conftest import tiny_pretrainer
+import keras_m3ae
 from keras_m3ae import data
 from keras_m3ae.data.positions import DataPosition
 from keras_m3ae.training import NonFiniteLossGuard
 from keras_m3ae.training import TrainingCheckpoint
 from keras_m3ae.training import fit_resumable
+from keras_m3ae.training.checkpoints import KILL_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,3 +151,65 @@ def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="batch_size: 4 then, 8 now"):
         TrainingCheckpoint(os.path.join(out, "checkpoint"), positions=[DataPosition()],
                            config={"batch_size": 8}).load()
+
+
+def run_pretrain(args, kill=None, timeout=600):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT,
+               TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop(KILL_ENV, None)
+    if kill:
+        env[KILL_ENV] = kill
+    return subprocess.run([sys.executable, os.path.join(ROOT, "examples", "pretrain.py")] + args,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def final_state(out):
+    with np.load(os.path.join(out, "checkpoint", "state.npz")) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+@pytest.mark.slow
+def test_pretrain_command_killed_at_any_moment_finishes_like_an_uninterrupted_run(tmp_path):
+    pattern = write_shards(str(tmp_path / "data"), num_files=2, per_file=9)
+    preset = str(tmp_path / "tiny")
+    tiny_backbone(vocabulary_size=30522, image_size=16, patch_size=8).save_to_preset(preset)
+    common = ["--data", pattern, "--num_examples", "16", "--batch_size", "4", "--epochs", "2",
+              "--preset", preset, "--decoder_hidden_dim", "16", "--decoder_num_layers", "1",
+              "--decoder_num_heads", "2", "--warmup_epochs", "0.5", "--save_every_steps", "3",
+              "--base_learning_rate", "0.5"]
+    reference = str(tmp_path / "reference")
+    done = run_pretrain(common + ["--output_dir", reference])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = str(tmp_path / "run")
+    # 8 steps, checkpoints after steps 3 and 6, presets after steps 4 and 8.
+    # Each kill below comes before the checkpoint of step 6 is complete, so
+    # every restart goes back to step 3.
+    kills = [
+        "step:5",  # during step 5
+        "write:preset:1",  # writing the preset of epoch 1 (after step 4 of the resumed run)
+        "write:checkpoint:1",  # writing the checkpoint of step 6, before the swap
+        "swap:checkpoint:1",  # between the two renames of that swap
+    ]
+    for kill in kills:
+        killed = run_pretrain(common + ["--output_dir", out], kill=kill)
+        assert killed.returncode == -signal.SIGKILL, (kill, killed.stderr[-3000:])
+        # The last good checkpoint is loadable at every moment.
+        manifest = json.load(open(os.path.join(out, "checkpoint", "manifest.json"))) \
+            if os.path.isdir(os.path.join(out, "checkpoint")) else None
+        assert manifest is None or manifest["step"] == 3, (kill, manifest)
+    finished = run_pretrain(common + ["--output_dir", out])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Resuming from" in finished.stderr
+
+    expected, got = final_state(reference), final_state(out)
+    assert sorted(expected) == sorted(got)
+    for key in expected:
+        np.testing.assert_array_equal(expected[key], got[key], err_msg=key)
+    log = open(os.path.join(out, "steps.jsonl")).read()
+    assert log == open(os.path.join(reference, "steps.jsonl")).read()
+    assert len(log.splitlines()) == 8
+    a = keras_m3ae.M3AEBackbone.from_preset(os.path.join(reference, "preset")).get_weights()
+    b = keras_m3ae.M3AEBackbone.from_preset(os.path.join(out, "preset")).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert sorted(os.listdir(out)) == sorted(os.listdir(reference))  # no leftovers

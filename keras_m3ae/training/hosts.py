@@ -82,12 +82,15 @@ def gather(values):
     Returns:
         int64 array `(process_count, len(values))`, row i from host i.
     """
-    values = np.asarray(values, np.int64)
+    values = np.asarray(values, np.int64).reshape(-1)
     if process_count() == 1:
         return values[None]
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(values)).reshape(process_count(), -1)
+    # JAX computes in 32 bits unless x64 is on: sent as two 31-bit halves.
+    halves = np.stack([values >> 31, values & (2**31 - 1)], -1).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(halves)).astype(np.int64)
+    return ((gathered[..., 0] << 31) | gathered[..., 1]).reshape(process_count(), -1)
 
 
 def to_numpy(variable):

@@ -213,3 +213,42 @@ def test_pretrain_command_killed_at_any_moment_finishes_like_an_uninterrupted_ru
     b = keras_m3ae.M3AEBackbone.from_preset(os.path.join(out, "preset")).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert sorted(os.listdir(out)) == sorted(os.listdir(reference))  # no leftovers
+
+
+@pytest.mark.backend_independent
+def test_checkpoints_are_verified_never_non_finite_and_half_writes_are_ignored(tmp_path):
+    from keras_m3ae.training import hosts
+
+    assert hosts.multi_host_requested(None, {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"})
+    assert not hosts.multi_host_requested(None, {})
+    assert hosts.multi_host_requested(True, {}) and not hosts.multi_host_requested(False, {})
+    np.testing.assert_array_equal(hosts.gather([3, 2**40]), [[3, 2**40]])
+
+    pretrainer = tiny_pretrainer()
+    pretrainer.compile(optimizer="adam")
+    directory = str(tmp_path / "checkpoint")
+    checkpoint = TrainingCheckpoint(directory)
+    checkpoint.set_model(pretrainer)
+    checkpoint.step = 5
+    checkpoint.save()
+    variable = pretrainer.backbone.encoder.blocks[0].weights[0]
+    good = keras.ops.convert_to_numpy(variable)
+    variable.assign(np.full(variable.shape, np.inf, "float32"))
+    checkpoint.step = 6
+    with pytest.raises(ValueError, match=f"step 6: {variable.path} is not finite.*kept"):
+        checkpoint.save()
+    # A write killed half-way leaves a temporary copy: ignored and cleared.
+    os.makedirs(tmp_path / ".checkpoint.tmp")
+    assert TrainingCheckpoint(directory).load()["step"] == 5
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
+    # The restore puts the saved value back.
+    resumed = TrainingCheckpoint(directory)
+    resumed.set_model(pretrainer)
+    resumed.load()
+    resumed.on_epoch_begin(0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), good)
+    # A state file that does not match its manifest is refused.
+    with open(os.path.join(directory, "state.npz"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="does not match the SHA-256.*corrupt"):
+        TrainingCheckpoint(directory).load()

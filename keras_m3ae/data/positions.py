@@ -32,9 +32,9 @@ class DataPosition:
     and restores it with `set`.
 
     Args:
-        capacity: int. Examples the ring buffer remembers; must exceed what
-            the pipeline and the trainer read ahead of training (a few
-            batches of prefetch).
+        capacity: int or None. Examples the ring buffer remembers; must
+            exceed what the pipeline and the trainer read ahead of training
+            (a few batches of prefetch). None: 64 batches (at least 4096).
 
     Example:
     >>> position = DataPosition()
@@ -44,11 +44,12 @@ class DataPosition:
     {'raw_records': 6412, 'examples': 6400}
     """
 
-    def __init__(self, capacity=1 << 16):
-        if capacity < 1:
+    def __init__(self, capacity=None):
+        if capacity is not None and capacity < 1:
             raise ValueError(f"`capacity` must be positive; got {capacity}.")
-        self.capacity = int(capacity)
+        self.capacity = capacity
         self.batch_size = None
+        self._ring = None
         with tf.init_scope(), tf.device("/CPU:0"):
             # Where the next iterator starts: raw records to pass over, and
             # the number of examples they held.
@@ -57,9 +58,6 @@ class DataPosition:
             # read-ahead iterator Keras drew one batch from cannot be mistaken
             # for the one that trains.
             self._iterators = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-            # Ring buffer: [iterator, example number, raw index] per slot.
-            self._ring = tf.Variable(tf.fill([self.capacity, 3], tf.constant(-1, tf.int64)),
-                                     trainable=False)
 
     def attach(self, batch_size, options):
         """Checks the reader options a position needs; called by the builders."""
@@ -78,6 +76,12 @@ class DataPosition:
             raise ValueError(f"This position already belongs to a dataset with batch_size "
                              f"{self.batch_size}; got {batch_size}. Use one position per dataset.")
         self.batch_size = int(batch_size)
+        if self._ring is None:
+            self.capacity = int(self.capacity or max(4096, 64 * self.batch_size))
+            with tf.init_scope(), tf.device("/CPU:0"):
+                # Ring buffer: [iterator, example number, raw index] per slot.
+                self._ring = tf.Variable(tf.fill([self.capacity, 3], tf.constant(-1, tf.int64)),
+                                         trainable=False)
 
     def indexed(self, raw):
         """`(raw_index, record)` pairs from the position last `set`, per iterator.

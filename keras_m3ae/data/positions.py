@@ -83,44 +83,47 @@ class DataPosition:
                 self._ring = tf.Variable(tf.fill([self.capacity, 3], tf.constant(-1, tf.int64)),
                                          trainable=False)
 
+    def _per_iterator(self, make):
+        """An infinite repeat of `make()`, evaluated when an iterator starts.
+
+        Zipped beside a pipeline, it hands each iterator values read at its
+        start without nesting the pipeline in a `flat_map` (where tf.data's
+        autotuning does not reach).
+        """
+        return tf.data.Dataset.range(1).flat_map(
+            lambda _: tf.data.Dataset.from_tensors(make()).repeat())
+
     def indexed(self, raw):
         """`(raw_index, record)` pairs from the position last `set`, per iterator.
 
         The start is read when an iterator begins, so setting it between
-        `fit` calls (or before the first) moves the next iterator.
+        `fit` calls (or before the first) moves the next iterator. The
+        records before it are passed over undecoded.
         """
-
-        def start_iterator(_):
-            start = self._start.read_value()
-            return raw.enumerate().skip(start[0])
-
-        return tf.data.Dataset.range(1).flat_map(start_iterator)
+        start = self._per_iterator(lambda: self._start.read_value()[0])
+        ds = tf.data.Dataset.zip(start, raw.enumerate())
+        ds = ds.filter(lambda first, item: item[0] >= first)
+        return ds.map(lambda first, item: item)
 
     def record(self, kept):
         """Writes the ledger for `kept`, a dataset of `(raw_index, *rest)`; yields `rest`.
 
         Must come after every filter and before batching; it runs in order
-        (no parallelism), so example n is the n-th one the batches hold. Its
-        iterator starts before the one of `indexed` upstream, so it numbers
-        the iterator.
+        (no parallelism), so example n is the n-th one the batches hold.
         """
+        header = self._per_iterator(
+            lambda: tf.stack([self._iterators.assign_add(1), self._start.read_value()[1]]))
 
-        def start_iterator(_):
-            iterator = self._iterators.assign_add(1)
-            first = self._start.read_value()[1]
+        def write(header, item):
+            n, (raw_index, *rest) = item
+            number = header[1] + n
+            slot = tf.math.floormod(number, self.capacity)
+            entry = tf.stack([header[0], number, tf.cast(raw_index, tf.int64)])
+            written = self._ring.scatter_nd_update([[slot]], entry[None])
+            with tf.control_dependencies([written]):
+                return tuple(tf.nest.map_structure(tf.identity, rest))
 
-            def write(n, item):
-                raw_index, rest = item[0], item[1:]
-                number = first + n
-                slot = tf.math.floormod(number, self.capacity)
-                entry = tf.stack([iterator, number, tf.cast(raw_index, tf.int64)])
-                written = self._ring.scatter_nd_update([[slot]], entry[None])
-                with tf.control_dependencies([written]):
-                    return tuple(tf.nest.map_structure(tf.identity, rest))
-
-            return kept.enumerate().map(write)
-
-        return tf.data.Dataset.range(1).flat_map(start_iterator)
+        return tf.data.Dataset.zip(header, kept.enumerate()).map(write)
 
     def state(self, steps):
         """The position after `steps` batches of the current iterator.

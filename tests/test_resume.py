@@ -1,4 +1,4 @@
-"""Exact resumption: data positions, `TrainingCheckpoint`, `fit_resumable`, and the pretrain command killed and rerun."""
+"""Exact resumption: data positions, `TrainingCheckpoint`, `fit_resumable`, the pretrain command killed."""
 
 import io
 import json

@@ -51,7 +51,8 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
     """
     if _jax() is None:
         raise ValueError(
-            f"Multi-host training needs KERAS_BACKEND=jax; the backend is {keras.config.backend()}.")
+            "Multi-host training needs KERAS_BACKEND=jax; the backend is "
+            f"{keras.config.backend()}.")
     keras.distribution.initialize(job_addresses=job_addresses, num_processes=num_processes,
                                   process_id=process_id)
     logger.info("Host %d of %d started.", process_index(), process_count())

@@ -176,7 +176,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         changed = {k: (manifest["config"].get(k), v) for k, v in self.config.items()
                    if manifest["config"].get(k) != v}
         if changed:
-            shown = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in changed.items())
+            shown = "; ".join(f"{k}: {old!r} then, {new!r} now"
+                              for k, (old, new) in changed.items())
             raise ValueError(f"{where} was written by a different run ({shown}). Restore the "
                              "original settings, or use another output directory.")
         saved_hosts, now = len(manifest["positions"]), hosts.process_count()

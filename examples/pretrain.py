@@ -3,11 +3,17 @@
 Reads img2dataset-style shards (CC12M or your own, see docs/data.md) and
 trains with AdamW (base lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95),
 linear warmup then cosine decay, mask ratios 0.75, loss weights 1.0 / 0.5.
-Rerunning the same command resumes a run that died where it stopped
-(`BackupAndRestore`), and the encoder is saved as a preset after every
-epoch (atomically: a kill never leaves a half-written preset). A NaN or
-infinite loss stops the run before anything is saved, with a non-zero exit
-and a message naming the step and the losses.
+Every `--save_every_steps` steps (and at the end) it writes a checkpoint of
+everything that decides the next step (model, optimizer, masking seeds,
+metrics, step, and each host's data position), atomically; rerunning the
+same command after a kill continues from the last one and finishes with the
+same weights and the same per-step log (`steps.jsonl`) as a run that was
+never interrupted (data order is deterministic unless
+`--no_deterministic`). The encoder is saved as a preset after every epoch
+(atomically too). A NaN or infinite loss stops the run before anything is
+saved, with a non-zero exit and a message naming the step and the losses.
+On several hosts (multi-process JAX: `--multi_host`, or the
+`KERAS_DISTRIBUTION_*` variables set) only process 0 writes.
 
     # CC12M, ViT-B, on whatever KERAS_BACKEND selects:
     python examples/pretrain.py --data "/data/cc12m/*.tfrecord" \
@@ -47,7 +53,23 @@ def parse_args(argv=None):
                    help="JAX: keras.distribution DataParallel or ModelParallel over all devices")
     p.add_argument("--gradient_accumulation_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save_every_steps", type=int, default=500,
+                   help="checkpoint interval: a kill loses at most this many steps")
+    p.add_argument("--no_deterministic", dest="deterministic", action="store_false",
+                   help="faster reading in any order; a resumed run then sees a slightly "
+                        "different stream")
+    p.add_argument("--multi_host", action=argparse.BooleanOptionalAction, default=None,
+                   help="initialise multi-process JAX (default: when "
+                        "KERAS_DISTRIBUTION_NUM_PROCESSES > 1)")
     return p.parse_args(argv)
+
+
+# Settings a resumed run must share with the run it continues.
+FINGERPRINT = ("data", "num_examples", "preset", "mae", "image_size", "batch_size",
+               "warmup_epochs", "base_learning_rate", "weight_decay", "image_mask_ratio",
+               "text_mask_ratio", "text_loss_weight", "norm_pix_loss", "text_drop_rate",
+               "decoder_hidden_dim", "decoder_num_layers", "decoder_num_heads", "dtype",
+               "gradient_accumulation_steps", "seed", "deterministic")
 
 
 def set_distribution(kind):
@@ -79,7 +101,15 @@ def main(argv=None):
 
     import keras_m3ae
     from keras_m3ae import data
+    from keras_m3ae import training
+    from keras_m3ae.training import hosts
 
+    if hosts.multi_host_requested(args.multi_host):
+        # Before anything runs on JAX; several hosts train one model.
+        hosts.initialize()
+        if args.distribution == "none":
+            args.distribution = "data"
+    chief = hosts.is_chief()
     keras.utils.set_random_seed(args.seed)
     if args.distribution != "none":
         set_distribution(args.distribution)
@@ -97,9 +127,11 @@ def main(argv=None):
     num_examples = args.num_examples
     if files is None:
         num_examples = num_examples or 2048
-        files = data.write_shapes_dataset(os.path.join(args.output_dir, "shapes"),
-                                          num_examples=num_examples, image_size=image_size,
-                                          seed=args.seed, overwrite=True)
+        files = os.path.join(args.output_dir, "shapes")
+        if chief:  # the same seed writes the same records again
+            data.write_shapes_dataset(files, num_examples=num_examples, image_size=image_size,
+                                      seed=args.seed, overwrite=True)
+        hosts.barrier("shapes dataset written")
     if not num_examples:
         raise SystemExit("--num_examples is needed with --data (examples per epoch, for the schedule).")
     # --batch_size is global; each host (JAX process) reads its own files
@@ -107,11 +139,14 @@ def main(argv=None):
     _, num_hosts = data.default_shard()
     if args.batch_size % num_hosts:
         raise SystemExit(f"--batch_size {args.batch_size} is not divisible by {num_hosts} hosts.")
+    # The position ledger lets a restarted run skip the raw records already
+    # trained on without decoding them.
+    position = data.positions.DataPosition()
     dataset = data.image_text_dataset(
         files, image_size=image_size, max_text_length=backbone.max_text_length,
         batch_size=args.batch_size // num_hosts, training=True,
         text_drop_rate=args.text_drop_rate,
-        seed=args.seed, repeat=True,
+        seed=args.seed, repeat=True, deterministic=args.deterministic, position=position,
     )
 
     pretrainer = keras_m3ae.M3AEPretrainer(
@@ -138,27 +173,37 @@ def main(argv=None):
     ))
 
     preset_dir = os.path.join(args.output_dir, "preset")
-    callbacks = [
-        # First: a non-finite loss stops the run before any callback below
-        # saves the broken weights.
-        keras_m3ae.training.NonFiniteLossGuard(),
-        # Kept after success too: rerunning resumes a crashed run, or extends
-        # a finished one when --epochs grows.
-        keras.callbacks.BackupAndRestore(
-            os.path.join(args.output_dir, "backup"), delete_checkpoint=False
-        ),
-        keras.callbacks.CSVLogger(os.path.join(args.output_dir, "log.csv"), append=True),
-        keras_m3ae.training.SavePreset(backbone, preset_dir),
-    ]
-    print(f"Peak learning rate {peak:.3g} ({args.base_learning_rate} x {args.batch_size}/256), "
-          f"{steps_per_epoch} steps/epoch, {warmup_steps} warmup steps.")
+    checkpoint = training.TrainingCheckpoint(
+        os.path.join(args.output_dir, "checkpoint"), every_steps=args.save_every_steps,
+        positions=[position], skip_counters=[dataset.skip_counter],
+        config={k: getattr(args, k) for k in FINGERPRINT} | {"hosts": num_hosts},
+        log_path=os.path.join(args.output_dir, "steps.jsonl"),
+    )
+    # First: a non-finite loss stops the run before any callback below
+    # saves the broken weights.
+    callbacks = [training.NonFiniteLossGuard(), checkpoint]
+    if chief:
+        callbacks += [
+            keras.callbacks.CSVLogger(os.path.join(args.output_dir, "log.csv"), append=True),
+            training.SavePreset(backbone, preset_dir),
+            # Monitoring (TensorBoard, reconstruction pictures, summaries)
+            # goes here: process 0 only, after the guard.
+        ]
+    if chief:
+        print(f"Peak learning rate {peak:.3g} ({args.base_learning_rate} x {args.batch_size}/256), "
+              f"{steps_per_epoch} steps/epoch, {warmup_steps} warmup steps.")
     try:
-        pretrainer.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-                       callbacks=callbacks)
+        training.fit_resumable(pretrainer, dataset, epochs=args.epochs,
+                               steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
+                               callbacks=callbacks, verbose="auto" if chief else 0)
     except keras_m3ae.training.NonFiniteLossError as error:
         raise SystemExit(f"error: {error}") from None
-    skipped = dataset.skip_counter.counts()
-    print(f"Encoder preset: {preset_dir}. Skipped records: {skipped or 'none'}.")
+    if chief:
+        if not os.path.isdir(preset_dir):
+            # A rerun of a finished run, or one that never ended an epoch here.
+            training.save_preset_atomically(backbone, preset_dir)
+        skipped = {k: v for k, v in dataset.skip_counter.counts().items() if v}
+        print(f"Encoder preset: {preset_dir}. Skipped records: {skipped or 'none'}.")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop(procs, logs):
+    """Kills the processes still running, waits for all, closes their logs."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    for log in logs:
+        log.close()
+
+
 def run_workers(tmp_path, data_dir):
     """Starts both workers, runs the reference meanwhile; returns (results, reference)."""
     port = free_port()
@@ -59,12 +69,7 @@ def run_workers(tmp_path, data_dir):
                 break
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for log in logs:
-            log.close()
+        stop(procs, logs)
     for i, p in enumerate(procs):
         tail = (tmp_path / f"worker{i}.log").read_text()[-4000:]
         assert p.returncode == 0, f"worker {i} exited with {p.returncode}:\n{tail}"
@@ -156,3 +161,85 @@ def test_two_processes_shard_data_and_train_like_one_device(tmp_path):
                  for w, f, i in zip(w0, final, initial))
     assert update < 1e-3, update
     print(f"multihost: weights {distance:.1e}, update {update:.1e} relative to one device")
+
+
+def run_pretrain_hosts(data_pattern, out, log_dir, kill=None, extra=()):
+    """`examples/pretrain.py` as two hosts; returns their exit codes.
+
+    When one host dies (a kill), the other would wait for it at the next
+    collective: it is stopped a few seconds later.
+    """
+    port = free_port()
+    procs, logs = [], []
+    for i in range(mh.NUM_PROCESSES):
+        env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={mh.LOCAL_DEVICES}",
+                   KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                   KERAS_DISTRIBUTION_NUM_PROCESSES=str(mh.NUM_PROCESSES),
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(i))
+        env.pop("KERAS_M3AE_TEST_KILL", None)
+        if kill:
+            env["KERAS_M3AE_TEST_KILL"] = kill
+        log = open(os.path.join(log_dir, f"pretrain{i}.log"), "a")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "examples", "pretrain.py"), "--data", data_pattern,
+             "--output_dir", out, *extra], stdout=log, stderr=subprocess.STDOUT, env=env))
+    deadline = time.monotonic() + TIMEOUT
+    first_exit = None
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if first_exit is None and any(p.poll() is not None for p in procs):
+                first_exit = time.monotonic()
+            if first_exit is not None and time.monotonic() > first_exit + 20:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(procs, logs)
+    return [p.returncode for p in procs]
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+@jax_only
+def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+    data_dir = tmp_path / "data"
+    mh.write_data(str(data_dir))
+    preset = str(tmp_path / "tiny")
+    import keras_m3ae
+
+    # The command tokenizes with bert-base-uncased: its vocabulary size.
+    keras_m3ae.M3AEBackbone(image_size=mh.IMAGE_SIZE, patch_size=4, vocabulary_size=30522,
+                            max_text_length=mh.TEXT, hidden_dim=32, num_layers=1,
+                            num_heads=4).save_to_preset(preset)
+    # 4 files, 24 records: 3 global steps of 8 per epoch, 2 epochs; each
+    # host reads its 2 files, 4 records per step.
+    args = ["--preset", preset, "--num_examples", "24", "--batch_size", "8", "--epochs", "2",
+            "--decoder_hidden_dim", "16", "--decoder_num_layers", "1",
+            "--decoder_num_heads", "2", "--warmup_epochs", "0.5", "--save_every_steps", "2",
+            "--base_learning_rate", "0.5"]
+    reference = str(tmp_path / "reference")
+    logs = str(tmp_path)
+    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), reference, logs, extra=args)
+    assert codes == [0, 0], (codes, open(tmp_path / "pretrain0.log").read()[-3000:])
+    out = str(tmp_path / "run")
+    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), out, logs, kill="step:4", extra=args)
+    assert -9 in codes, codes
+    manifest = json.load(open(os.path.join(out, "checkpoint", "manifest.json")))
+    # Saved after step 2 by process 0, with both hosts' positions: 8 of
+    # each host's records (no record is broken here).
+    assert manifest["step"] == 2
+    assert manifest["positions"] == [[{"raw_records": 8, "examples": 8}]] * 2
+    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), out, logs, extra=args)
+    assert codes == [0, 0], (codes, open(tmp_path / "pretrain1.log").read()[-3000:])
+
+    with np.load(os.path.join(reference, "checkpoint", "state.npz")) as a, \
+            np.load(os.path.join(out, "checkpoint", "state.npz")) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    log = open(os.path.join(out, "steps.jsonl")).read()
+    assert log == open(os.path.join(reference, "steps.jsonl")).read()
+    assert len(log.splitlines()) == 6
+    # Only process 0 wrote: one log, one preset, no per-host leftovers.
+    assert sorted(os.listdir(out)) == ["checkpoint", "log.csv", "preset", "steps.jsonl"]

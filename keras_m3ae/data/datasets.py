@@ -117,6 +117,8 @@ def image_text_dataset(
 def _image_examples(raw, load, image_size, batch_size, vocabulary, max_text_length, counter,
                     options, has_text=True, **builder_args):
     """The image builders' common tail: decode and check each example, then batch."""
+    if options.position is not None:
+        options.position.attach(batch_size, options)
     builder = examples_lib.ExampleBuilder(load, image_size, counter, options, **builder_args)
     return finalize_source(builder.examples(raw), batch_size, options, counter, vocabulary,
                            max_text_length, has_text=has_text)
@@ -165,6 +167,8 @@ def image_dataset(
     if folders:
         if label_key:
             raise ValueError("`label_key` needs TFRecords; image folders carry no labels.")
+        if options.position is not None:
+            raise ValueError("`position` (exact resumption) needs TFRecords, not image folders.")
         raw, read = files_lib.read_image_files(folders, options)
         load = examples_lib.file_loader(read)
     else:
@@ -211,6 +215,8 @@ def text_dataset(
     >>> ds = text_dataset("/data/captions/*.txt", batch_size=256)
     """
     options = ReaderOptions(training=training, **options)
+    if options.position is not None:
+        raise ValueError("`position` (exact resumption) supports TFRecord image sources only.")
     counter = options.counter("text")
     lines = files_lib.read_text_lines(file_pattern, options)
     examples = examples_lib.text_examples(lines, image_size, counter, options.deterministic)

@@ -84,6 +84,7 @@ class ExampleBuilder:
         self.training = options.training
         self.seed = options.host_seed
         self.deterministic = options.deterministic
+        self.position = options.position
         self.text_drop_rate = float(text_drop_rate)
         self.has_labels = has_labels
         self.count_captions = count_captions
@@ -93,10 +94,14 @@ class ExampleBuilder:
         # The map holds no Python control flow on tensors; skipping AutoGraph
         # conversion roughly halves the time to build a pipeline.
         builder_fn = tf.autograph.experimental.do_not_convert(self)
-        ds = raw.enumerate().map(builder_fn, num_parallel_calls=AUTOTUNE,
-                                 deterministic=self.deterministic)
+        # Each example carries its raw index to the ledger of a resumable
+        # stream (`positions`), which starts that index where it resumes.
+        indexed = self.position.indexed(raw) if self.position else raw.enumerate()
+        ds = indexed.map(lambda index, record: (index, *builder_fn(index, record)),
+                         num_parallel_calls=AUTOTUNE, deterministic=self.deterministic)
         ds = ds.ignore_errors()
-        ds = ds.filter(lambda ok, example, label: ok)
+        ds = ds.filter(lambda index, ok, example, label: ok)
+        ds = self.position.record(ds) if self.position else ds.map(lambda index, *rest: rest)
         if self.has_labels:
             return ds.map(lambda ok, example, label: (example, label))
         return ds.map(lambda ok, example, label: example)

@@ -177,11 +177,7 @@ def _read_record_file(path, size, counter, block=64, compression_type=""):
 
 def _interleave(files, read_fn, options):
     """Parallel interleave of `read_fn` over files, then cache, repeat and shuffle."""
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if options.training:
-        ds = ds.shuffle(len(files), seed=options.host_seed, reshuffle_each_iteration=True)
-    if options.repeat and not options.cache:
-        ds = ds.repeat()
+    ds = _file_order(files, options)
     ds = ds.interleave(
         read_fn,
         cycle_length=max(1, min(options.num_parallel_files, len(files))),
@@ -196,8 +192,33 @@ def _interleave(files, read_fn, options):
             ds = ds.repeat()
     if options.training and options.shuffle_buffer:
         ds = ds.shuffle(options.shuffle_buffer, seed=options.host_seed,
-                        reshuffle_each_iteration=True)
+                        reshuffle_each_iteration=options.position is None)
     return ds
+
+
+def _file_order(files, options):
+    """File names in reading order: shuffled when training, repeated unless cached.
+
+    With a `position` (a resumable stream) every iterator reads the same
+    order: a seeded reshuffle draws each iterator's order from a generator
+    shared by all iterators of the dataset (Keras draws one for building
+    the model), so a restarted run would read a different stream. There
+    each pass's order is a function of the seed and the pass number.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    repeat = options.repeat and not options.cache
+    if options.training and options.position is not None and repeat:
+        names, seed = tf.constant(files), tf.constant(options.host_seed, tf.int64)
+
+        def one_pass(number):
+            order = tf.random.experimental.stateless_shuffle(names, tf.stack([seed, number]))
+            return tf.data.Dataset.from_tensor_slices(order)
+
+        return tf.data.Dataset.range(tf.int64.max).flat_map(one_pass)
+    if options.training:
+        ds = ds.shuffle(len(files), seed=options.host_seed,
+                        reshuffle_each_iteration=options.position is None)
+    return ds.repeat() if repeat else ds
 
 
 def _cache(ds, cache):

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_m3ae.data.checks import normalize_compression
 from keras_m3ae.data.files import default_shard
+from keras_m3ae.data.positions import DataPosition  # noqa: F401 (annotation)
 from keras_m3ae.data.skips import SkipCounter
 
 
@@ -55,6 +56,9 @@ class ReaderOptions:
         skip_counter: `SkipCounter` or None. Where to count skips; a new one
             is made by default.
         num_parallel_files: int. Files read at once.
+        position: `keras_m3ae.data.positions.DataPosition` or None. Keeps the
+            stream's position for exact resumption (TFRecord image sources;
+            needs `repeat=True`); `deterministic` then defaults to True.
     """
 
     training: bool = True
@@ -69,11 +73,15 @@ class ReaderOptions:
     drop_remainder: "bool | None" = None
     skip_counter: "SkipCounter | None" = None
     num_parallel_files: int = 16
+    position: "DataPosition | None" = None
 
     def __post_init__(self):
         shard_index, num_shards = default_shard(self.shard_index, self.num_shards)
+        deterministic = self.deterministic
+        if deterministic is None and self.position is not None:
+            deterministic = True
         deterministic, drop_remainder = order_defaults(
-            self.training, self.deterministic, self.drop_remainder)
+            self.training, deterministic, self.drop_remainder)
         object.__setattr__(self, "compression_type",
                            normalize_compression(self.compression_type))
         seed = self.seed

@@ -14,11 +14,34 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 
 import numpy as np
 from keras import ops
 
 logger = logging.getLogger("keras_m3ae.training")
+
+# Test hook: "POINT:N" makes the process SIGKILL itself the N-th time it
+# reaches POINT ("step", "write:NAME" inside an atomic write of a directory
+# named NAME, "swap:NAME" between its two renames), to test what a kill
+# leaves behind.
+KILL_ENV = "KERAS_M3AE_TEST_KILL"
+_kill_counts = {}
+
+
+def kill_point(point):
+    """SIGKILLs this process at `point` when `KERAS_M3AE_TEST_KILL` asks for it (tests only)."""
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    name, _, times = wanted.rpartition(":")
+    if name != point:
+        return
+    _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    if _kill_counts[point] == int(times):
+        logger.warning("%s=%s: killing this process now.", KILL_ENV, wanted)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _siblings(path):
@@ -76,9 +99,12 @@ def atomic_directory(path):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    name = os.path.basename(os.path.abspath(path))
+    kill_point(f"write:{name}")
     _fsync_tree(temporary)
     if os.path.isdir(path):
         os.rename(path, backup)
+        kill_point(f"swap:{name}")
         os.rename(temporary, path)
         shutil.rmtree(backup)
     else:

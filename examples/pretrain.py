@@ -55,6 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every_steps", type=int, default=500,
                    help="checkpoint interval: a kill loses at most this many steps")
+    p.add_argument("--log_every_steps", type=int, default=100,
+                   help="TensorBoard scalars and skip counts every this many steps")
+    p.add_argument("--snapshot_every_steps", type=int, default=1000,
+                   help="reconstruction picture of a fixed batch every this many steps (0: none)")
     p.add_argument("--no_deterministic", dest="deterministic", action="store_false",
                    help="faster reading in any order; a resumed run then sees a slightly "
                         "different stream")
@@ -183,12 +187,26 @@ def main(argv=None):
     # saves the broken weights.
     callbacks = [training.NonFiniteLossGuard(), checkpoint]
     if chief:
+        tensorboard_dir = os.path.join(args.output_dir, "tensorboard")
         callbacks += [
+            # Before the writers: it puts `skipped` into the logs they record.
+            training.SkipCountLogger(dataset.skip_counter, every_steps=args.log_every_steps),
             keras.callbacks.CSVLogger(os.path.join(args.output_dir, "log.csv"), append=True),
+            training.TensorBoardScalars(tensorboard_dir, every_steps=args.log_every_steps),
             training.SavePreset(backbone, preset_dir),
-            # Monitoring (TensorBoard, reconstruction pictures, summaries)
-            # goes here: process 0 only, after the guard.
         ]
+        if args.snapshot_every_steps and num_hosts == 1:
+            # The fixed batch comes from its own evaluation reader: drawing it
+            # from the training dataset would open another iterator of it.
+            fixed = next(iter(data.image_text_dataset(
+                files, image_size=image_size, max_text_length=backbone.max_text_length,
+                batch_size=8, training=False)))
+            callbacks.append(keras_m3ae.analysis.ReconstructionSnapshots(
+                fixed, tensorboard_dir, every_steps=args.snapshot_every_steps, seed=args.seed))
+        callbacks.append(training.RunSummary(
+            batch_size=args.batch_size, counters=[dataset.skip_counter], print_fn=print,
+            outputs={"preset": preset_dir, "checkpoint": checkpoint.directory,
+                     "tensorboard": tensorboard_dir}))
     if chief:
         print(f"Peak learning rate {peak:.3g} ({args.base_learning_rate} x {args.batch_size}/256), "
               f"{steps_per_epoch} steps/epoch, {warmup_steps} warmup steps.")
@@ -202,8 +220,7 @@ def main(argv=None):
         if not os.path.isdir(preset_dir):
             # A rerun of a finished run, or one that never ended an epoch here.
             training.save_preset_atomically(backbone, preset_dir)
-        skipped = {k: v for k, v in dataset.skip_counter.counts().items() if v}
-        print(f"Encoder preset: {preset_dir}. Skipped records: {skipped or 'none'}.")
+        print(f"Encoder preset: {preset_dir}.")
 
 
 if __name__ == "__main__":

@@ -14,26 +14,14 @@ import numpy as np
 
 from keras_m3ae.data.skips import SKIP_REASONS
 from keras_m3ae.data.skips import skipped_counts
+from keras_m3ae.training import hosts
 
 logger = logging.getLogger("keras_m3ae.training")
 
 
-def _is_chief():
-    """Whether this process writes summaries: process 0 of a multi-process JAX run.
-
-    Other backends run one process per input pipeline here, which writes.
-    """
-    if keras.config.backend() == "jax":
-        # Imported here: this module must not pull jax in on other backends.
-        import jax
-
-        return jax.process_index() == 0
-    return True
-
-
 def writes_here(chief=None):
     """`chief` if given, else whether this process is the one that writes (process 0)."""
-    return _is_chief() if chief is None else bool(chief)
+    return hosts.is_chief() if chief is None else bool(chief)
 
 
 class SummaryWriter:

@@ -38,8 +38,8 @@ def test_update_after_gradients_applies_to_jax_only():
 def test_jax_train_step_updates_state_in_place():
     model = tiny_pretrainer()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.optimizer.build(model.trainable_variables)
     data = tiny_batch()
-    model.train_on_batch(data)
     compiled = _compiled_train_step(model, data)
     # Donated state is updated in place: no kernel is copied (Keras's own
     # update copied every one here). XLA still copies a few vectors (head

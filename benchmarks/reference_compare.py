@@ -101,6 +101,16 @@ def report(times, batch, ours, peer):
         print(f"  ratio {peer} / ours (time): fastest {fastest:.2f}x  median {median:.2f}x")
 
 
+def compare(contenders, args, title):
+    """Times `{ours, peer}` in alternating blocks and prints the figures."""
+    ours, peer = contenders
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    times = blocks(contenders, args.rounds, args.block_steps, args.warmup)
+    print(f" {title}blocks of {args.block_steps} steps, {args.rounds} per contender, order flipping:")
+    report(times, args.batch, ours, peer)
+    load_line(cpu0, wall0)
+
+
 def load_line(cpu0, wall0):
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -337,12 +347,7 @@ def run_jax(args):
     def our_step():
         model.train_on_batch(data)  # returns Python floats: synchronous
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    times = blocks({"ours (train_on_batch)": our_step, "reference Flax M3AE": ref_step},
-                   args.rounds, args.block_steps, args.warmup)
-    print(f" blocks of {args.block_steps} steps, {args.rounds} per contender, order flipping:")
-    report(times, args.batch, "ours (train_on_batch)", "reference Flax M3AE")
-    load_line(cpu0, wall0)
+    compare({"ours (train_on_batch)": our_step, "reference Flax M3AE": ref_step}, args, "")
     if jax.devices()[0].platform != "cpu":
         stats = jax.devices()[0].memory_stats() or {}
         print(f"  device peak memory (both models) {stats.get('peak_bytes_in_use', 0) / 2**20:.0f} MB")
@@ -365,38 +370,17 @@ def run_torch(args):
     if peer is None:
         fail("transformers is not installed: the ViTMAE side needs it (pip install transformers)")
     peer.config.norm_pix_loss = True
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     ours = common.build(size, text=False, image_mask_ratio=0.75, dtype=args.dtype)
     ours.norm_pix_loss = True
     ours.compile(optimizer=keras.optimizers.AdamW(1e-4))
     data = common.batch(ours, args.batch)
-    optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4)
-    pixels = torch.tensor(data["images"]).permute(0, 3, 1, 2).contiguous().to(device)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    def our_step():
-        ours.train_on_batch(data)
-        sync()
-
-    def peer_step():
-        peer(pixel_values=pixels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync()
-
-    print(f"torch {torch.__version__} on {device}, MAE size {size}, "
+    our_step, peer_step = vitmae_compare.train_steps(ours, peer, data)
+    print(f"torch {torch.__version__} on {common.device_kind()}, MAE size {size}, "
           f"{common.SIZES[size]['image_size']} px, batch {args.batch}, norm-pix loss")
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        times = blocks({"ours (train_on_batch)": our_step, "transformers ViTMAE": peer_step},
-                       args.rounds, args.block_steps, args.warmup)
-        print(f" {threads} thread(s), blocks of {args.block_steps} steps, {args.rounds} per contender:")
-        report(times, args.batch, "ours (train_on_batch)", "transformers ViTMAE")
-        load_line(cpu0, wall0)
+        compare({"ours (train_on_batch)": our_step, "transformers ViTMAE": peer_step},
+                args, f"{threads} thread(s), ")
 
 
 def main(argv=None):

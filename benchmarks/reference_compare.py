@@ -193,26 +193,27 @@ def reference_step(ref, size, batch):
         ),
     )
 
-    def step(state, rng, images, text, padding):
+    def loss_fn(p, rng, images, text, padding):
         keys = dict(zip(model.rng_keys(), jax.random.split(rng, len(model.rng_keys()))))
+        patches = ref.extract_patches(images, patch)
+        image_out, text_out, image_mask, text_mask = model.apply(
+            p, patches, text, padding, deterministic=False, rngs=keys
+        )
+        image_loss = ref.patch_mse_loss(image_out, patches, image_mask)
+        text_loss, _ = ref.cross_entropy_loss_and_accuracy(
+            text_out, text, ref.mask_intersection(text_mask, ref.mask_not(padding))
+        )
+        return image_loss + TEXT_LOSS_WEIGHT * text_loss
 
-        def loss_fn(p):
-            patches = ref.extract_patches(images, patch)
-            image_out, text_out, image_mask, text_mask = model.apply(
-                p, patches, text, padding, deterministic=False, rngs=keys
-            )
-            image_loss = ref.patch_mse_loss(image_out, patches, image_mask)
-            text_loss, _ = ref.cross_entropy_loss_and_accuracy(
-                text_out, text, ref.mask_intersection(text_mask, ref.mask_not(padding))
-            )
-            return image_loss + TEXT_LOSS_WEIGHT * text_loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    def step(state, rng, images, text, padding):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, images, text, padding)
         return state.apply_gradients(grads=grads), jax.random.fold_in(rng, 1), loss
 
     jitted = jax.jit(step, donate_argnums=(0,))
     args = (state, jax.random.PRNGKey(0), images, text, padding)
-    return jitted, args
+    # Forward + backward alone, for the analysis.
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    return jitted, args, grad_fn
 
 
 def ours_jax(size, batch, dtype):
@@ -306,11 +307,13 @@ def analyze_ours(model, data):
                    update.lower(trainable, state[2], trainable).compile())
 
 
-def analyze_reference(jitted, args):
+def analyze_reference(jitted, args, grad_fn):
     import jax
 
     print_analysis("reference: whole train step", jitted.lower(*args).compile())
     state = args[0]
+    print_analysis("reference: forward + backward",
+                   grad_fn.lower(state.params, *args[1:]).compile())
     update = jax.jit(lambda s, g: s.apply_gradients(grads=g), donate_argnums=(0,))
     print_analysis("reference: optimizer update alone", update.lower(state, state.params).compile())
 
@@ -327,7 +330,7 @@ def run_jax(args):
     data = batch_arrays(args.batch, IMAGE_SIZE[args.size], common.MAX_TEXT_LENGTH,
                         common.VOCABULARY_SIZE)
     model = ours_jax(args.size, args.batch, args.dtype)
-    jitted, ref_args = reference_step(ref, args.size, data)
+    jitted, ref_args, ref_grad_fn = reference_step(ref, args.size, data)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, size {args.size}, "
           f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}: "
           f"params ours {model.count_params() / 1e6:.2f} M, reference "
@@ -335,7 +338,7 @@ def run_jax(args):
     if args.analyze:
         model.train_on_batch(data)  # builds the optimizer
         analyze_ours(model, data)
-        analyze_reference(jitted, ref_args)
+        analyze_reference(jitted, ref_args, ref_grad_fn)
 
     ref_state = list(ref_args)
 

@@ -30,8 +30,9 @@ def _copied_state(hlo):
     return [tuple(int(d) for d in shapes[name].split(",") if d) for name in copied]
 
 
-def test_update_after_gradients_applies_to_jax_only():
+def test_update_after_gradients_applies_to_jax_only_and_without_global_clipping():
     assert update_after_gradients(keras.optimizers.SGD()) == (keras.backend.backend() == "jax")
+    assert not update_after_gradients(keras.optimizers.SGD(global_clipnorm=1.0))
 
 
 @jax_only

@@ -47,14 +47,16 @@ def update_after_gradients(optimizer):
 
     Returns:
         True if the update was wrapped; False (nothing changed) on other
-        backends.
+        backends, or when the optimizer clips by global norm: that already
+        orders every update after all gradients, and the added dependency
+        then only costs (1.51 vs 1.40 GB accessed per tiny M3AE step).
 
     Example:
     >>> optimizer = keras.optimizers.AdamW(1e-4)
     >>> update_after_gradients(optimizer) == (keras.backend.backend() == "jax")
     True
     """
-    if keras.backend.backend() != "jax":
+    if keras.backend.backend() != "jax" or getattr(optimizer, "global_clipnorm", None):
         return False
     optimizer.stateless_apply = types.MethodType(_stateless_apply_after_gradients, optimizer)
     return True

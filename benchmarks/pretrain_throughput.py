@@ -34,6 +34,9 @@ def worker(args):
     # The peak in the dtype the matmuls run in: bfloat16 under mixed_bfloat16.
     matmul_dtype = "bfloat16" if args.dtype and "bfloat16" in args.dtype else "float32"
     peak, peak_best = common.matmul_peak_flops(args.matmul_size, dtype=matmul_dtype)
+    if args.peak_tflops:
+        # MFU against the device's datasheet peak instead of a measured matmul.
+        peak = args.peak_tflops * 1e12
     results = []
     for size in args.sizes.split(","):
         for ratio in [float(r) for r in args.mask_ratios.split(",")]:
@@ -128,6 +131,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per backend (torch.set_num_threads, TF thread pools)")
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="MFU denominator: the device's datasheet peak (H200 bf16 dense: 989)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

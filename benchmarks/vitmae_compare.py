@@ -54,6 +54,33 @@ def build_peer(size, mask_ratio):
     return model.to("cuda" if torch.cuda.is_available() else "cpu").train()
 
 
+def train_steps(ours, peer, data):
+    """One AdamW training step of each, as functions that wait for the device."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def our_step():
+        ours.train_on_batch(data)
+        sync()
+
+    if peer is None:
+        return our_step, None
+    optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4)
+    # HF takes channels-first pixels.
+    pixels = torch.tensor(data["images"]).permute(0, 3, 1, 2).contiguous().to(device)
+
+    def peer_step():
+        peer(pixel_values=pixels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+
+    return our_step, peer_step
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="base", choices=sorted(common.SIZES))
@@ -69,32 +96,13 @@ def main():
     ours = common.build(args.size, text=False, image_mask_ratio=args.mask_ratio)
     ours.compile(optimizer=keras.optimizers.AdamW(1e-4))
     data = common.batch(ours, args.batch)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    def our_step():
-        ours.train_on_batch(data)
-        sync()
-
-    steps = {"keras-m3ae (torch)": our_step}
     peer = build_peer(args.size, args.mask_ratio)
+    our_step, peer_step = train_steps(ours, peer, data)
+    steps = {"keras-m3ae (torch)": our_step}
     if peer is None:
         print("transformers is not installed: skipping the ViTMAE peer "
               "(pip install transformers, keeping the installed torch).")
     else:
-        optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4)
-        # HF takes channels-first pixels.
-        pixels = torch.tensor(data["images"]).permute(0, 3, 1, 2).contiguous().to(device)
-
-        def peer_step():
-            loss = peer(pixel_values=pixels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sync()
-
         steps["transformers ViTMAE"] = peer_step
         print(f"params: ours {ours.count_params() / 1e6:.2f} M, "
               f"ViTMAE {sum(p.numel() for p in peer.parameters()) / 1e6:.2f} M")

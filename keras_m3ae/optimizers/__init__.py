@@ -2,11 +2,13 @@
 
 Below `models/` (they import only Keras), so a Task's `compile()` defaults
 can use them: LARS, layer-wise learning-rate decay, warmup-cosine
-schedules, the torch backend's in-place Adam update, and the pretraining,
+schedules, the torch backend's in-place Adam update, the JAX update's ordering
+after all gradients, and the pretraining,
 linear-probe and fine-tuning recipes.
 """
 
 from keras_m3ae._deprecation import moved_names
+from keras_m3ae.optimizers.jax_update import update_after_gradients
 from keras_m3ae.optimizers.lars import LARS
 from keras_m3ae.optimizers.layer_decay import layer_decay_multipliers
 from keras_m3ae.optimizers.layer_decay import layer_ids

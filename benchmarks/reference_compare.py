@@ -1,0 +1,403 @@
+"""Our train step side by side with the reference Flax M3AE (JAX) and ViTMAE (torch).
+
+JAX: our `M3AEPretrainer.train_on_batch` against a jitted train step built on
+the reference repository's own Flax model and losses (`m3ae/model.py`, imported
+from the checkout given with `--reference`; nothing is copied from it) with
+the optax AdamW of its `m3ae_main.py` (betas 0.9/0.95, weight decay 0.05 with
+its exclusions, global-norm clipping at 1e9, text loss weight 0.1; our
+pretrainer gets the same weights and AdamW). Both donate their training
+state, as the reference's `pmap` does and Keras's JAX trainer does.
+
+torch: our MAE (`vocabulary_size=None`) against transformers'
+`ViTMAEForPreTraining` (norm-pix loss on both), `torch.optim.AdamW`, at one
+and at two threads.
+
+Timing on a shared machine: steps run in blocks of `--block-steps` steps of
+one contender, blocks alternate between contenders and the order flips every
+round (ours first, then the peer first), so load drift hits both alike. Per
+contender it prints the fastest and the median block (per step), images/s,
+and the ratio peer time / our time (> 1: ours is faster). `--block-steps 1`
+interleaves single steps. The last line gives process CPU time / wall time
+and the load average: how much of the machine the run had.
+
+With `--analyze` (JAX) it also prints XLA's cost and memory analysis of each
+whole jitted train step (FLOPs, bytes accessed; argument, output, aliased and
+temporary bytes) and of our forward + backward and optimizer update alone.
+
+    PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/reference_compare.py \\
+        --reference /work/refsrc/young-geng+m3ae_public --size small --analyze
+
+flax, optax and ml_collections (JAX) and transformers (torch) are benchmark
+dependencies only; without them that side stops with a one-line message.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The reference M3AE trains at 256 px (patch 16: 256 patches) with 64 tokens.
+IMAGE_SIZE = {"tiny": 64, "small": 256, "base": 256}
+# Image / text loss weights of the reference's m3ae_main.py.
+TEXT_LOSS_WEIGHT = 0.1
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", help="path to a checkout of young-geng/m3ae_public")
+    parser.add_argument("--size", default="small", choices=("tiny", "small", "base"))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6, help="blocks per contender")
+    parser.add_argument("--block-steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--backend", default="jax,torch",
+                        help="comma-separated: jax (reference M3AE), torch (ViTMAE)")
+    parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
+    parser.add_argument("--dtype", default=None,
+                        help="our dtype policy, e.g. mixed_bfloat16 (the reference is float32 only)")
+    parser.add_argument("--analyze", action="store_true",
+                        help="print XLA cost and memory analysis of the JAX steps")
+    return parser.parse_args(argv)
+
+
+def fail(message):
+    print(f"reference_compare: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# --- Timing ---
+
+
+def blocks(contenders, rounds, block_steps, warmup):
+    """Per-step times of blocks of steps, contenders alternating, order flipping.
+
+    Returns {name: [seconds per step of each block]}.
+    """
+    for step in contenders.values():
+        for _ in range(warmup):
+            step()
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            for _ in range(block_steps):
+                contenders[name]()
+            times[name].append((time.perf_counter() - start) / block_steps)
+    return times
+
+
+def report(times, batch, ours, peer):
+    for name, t in times.items():
+        print(f"  {name:28} fastest {min(t):.3f} s  median {statistics.median(t):.3f} s  "
+              f"{batch / statistics.median(t):7.2f} img/s")
+    if peer in times:
+        fastest = min(times[peer]) / min(times[ours])
+        median = statistics.median(times[peer]) / statistics.median(times[ours])
+        print(f"  ratio {peer} / ours (time): fastest {fastest:.2f}x  median {median:.2f}x")
+
+
+def compare(contenders, args, title):
+    """Times `{ours, peer}` in alternating blocks and prints the figures."""
+    ours, peer = contenders
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    times = blocks(contenders, args.rounds, args.block_steps, args.warmup)
+    print(f" {title}blocks of {args.block_steps} steps, {args.rounds} per contender, order flipping:")
+    report(times, args.batch, ours, peer)
+    load_line(cpu0, wall0)
+
+
+def load_line(cpu0, wall0):
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  machine: process CPU/wall {cpu / wall:.2f} (of {os.cpu_count()} cores), "
+          f"load average {load}")
+
+
+def batch_arrays(batch, image_size, text_length, vocabulary_size, seed=0):
+    """Random images and captions of 8 to text_length - 1 real tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(8, text_length, batch)
+    return {
+        "images": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"),
+        "token_ids": rng.integers(1, vocabulary_size, (batch, text_length)).astype("int32"),
+        "padding_mask": (np.arange(text_length)[None] < lengths[:, None]).astype("int32"),
+    }
+
+
+# --- JAX: the reference Flax M3AE ---
+
+
+def import_reference(path):
+    if not path:
+        fail("--reference PATH (a checkout of young-geng/m3ae_public) is needed for the JAX side")
+    if not os.path.isfile(os.path.join(path, "m3ae", "model.py")):
+        fail(f"{path} has no m3ae/model.py: not a checkout of young-geng/m3ae_public")
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        import optax  # noqa: F401
+
+        from m3ae import model
+    except ImportError as e:
+        fail(f"the reference needs {e.name}, which is not installed "
+             "(pip install flax optax ml_collections in a separate venv)")
+    return model
+
+
+def reference_step(ref, size, batch):
+    """The reference model, its initial train state and a jitted, donating step."""
+    import common
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    c = common.SIZES[size]
+    width, depth, heads = c["decoder"]
+    # The reference model has no dtype option: it always runs in float32.
+    model = ref.MaskedMultimodalAutoencoder(
+        config_updates=dict(
+            emb_dim=c["hidden_dim"], depth=c["num_layers"], num_heads=c["num_heads"],
+            dec_emb_dim=width, dec_depth=depth, dec_num_heads=heads, mlp_ratio=4,
+        ),
+        text_vocab_size=common.VOCABULARY_SIZE,
+        image_output_dim=c["patch_size"] ** 2 * 3,
+    )
+    patch = c["patch_size"]
+    rngs = {k: jax.random.PRNGKey(i) for i, k in enumerate(model.rng_keys())}
+    images = jnp.asarray(batch["images"])
+    text = jnp.asarray(batch["token_ids"])
+    # The reference's padding mask is 1.0 on padding.
+    padding = 1.0 - jnp.asarray(batch["padding_mask"], jnp.float32)
+    params = model.init(rngs, ref.extract_patches(images, patch), text, padding, deterministic=False)
+    params = flax.core.frozen_dict.unfreeze(params)
+    no_decay = model.no_decay_list()
+
+    def decay_mask(p):
+        flat = flax.traverse_util.flatten_dict(p)
+        return flax.traverse_util.unflatten_dict(
+            {k: all(name not in no_decay for name in k) for k in flat}
+        )
+
+    state = ref.M3AETrainState.create(
+        params=params, apply_fn=None, tokenizer_params=None,
+        tx=optax.chain(
+            optax.clip_by_global_norm(1e9),
+            optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=0.05, mask=decay_mask),
+        ),
+    )
+
+    def loss_fn(p, rng, images, text, padding):
+        keys = dict(zip(model.rng_keys(), jax.random.split(rng, len(model.rng_keys()))))
+        patches = ref.extract_patches(images, patch)
+        image_out, text_out, image_mask, text_mask = model.apply(
+            p, patches, text, padding, deterministic=False, rngs=keys
+        )
+        image_loss = ref.patch_mse_loss(image_out, patches, image_mask)
+        text_loss, _ = ref.cross_entropy_loss_and_accuracy(
+            text_out, text, ref.mask_intersection(text_mask, ref.mask_not(padding))
+        )
+        return image_loss + TEXT_LOSS_WEIGHT * text_loss
+
+    def step(state, rng, images, text, padding):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, images, text, padding)
+        return state.apply_gradients(grads=grads), jax.random.fold_in(rng, 1), loss
+
+    jitted = jax.jit(step, donate_argnums=(0,))
+    args = (state, jax.random.PRNGKey(0), images, text, padding)
+    # Forward + backward alone, for the analysis.
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    return jitted, args, grad_fn
+
+
+def ours_jax(size, batch, dtype):
+    import common
+    import keras
+
+    import keras_m3ae
+
+    c = dict(common.SIZES[size], image_size=IMAGE_SIZE[size])
+    width, depth, heads = c.pop("decoder")
+    keras.utils.set_random_seed(0)
+    backbone = keras_m3ae.M3AEBackbone(
+        vocabulary_size=common.VOCABULARY_SIZE, max_text_length=common.MAX_TEXT_LENGTH,
+        dtype=dtype, **c,
+    )
+    model = keras_m3ae.M3AEPretrainer(
+        backbone, decoder_hidden_dim=width, decoder_num_layers=depth, decoder_num_heads=heads,
+        text_loss_weight=TEXT_LOSS_WEIGHT, seed=0,
+    )
+    model.compile(optimizer=keras_m3ae.optimizers.pretrain_optimizer(1e-4, global_clipnorm=1e9))
+    return model
+
+
+def cost(compiled):
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return analysis.get("flops", float("nan")), analysis.get("bytes accessed", float("nan"))
+
+
+def memory(compiled):
+    """MB of arguments, outputs, donated (aliased) outputs and temporaries; peak estimate."""
+    m = compiled.memory_analysis()
+    arg, out, alias, temp = (m.argument_size_in_bytes, m.output_size_in_bytes,
+                             m.alias_size_in_bytes, m.temp_size_in_bytes)
+    return dict(args=arg / 2**20, outputs=out / 2**20, aliased=alias / 2**20,
+                temp=temp / 2**20, peak=(arg + out - alias + temp) / 2**20)
+
+
+_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1}
+
+
+def copied_mb(compiled):
+    """MB written by top-level `copy` ops of the optimized HLO.
+
+    XLA inserts such copies where a donated buffer cannot be updated in
+    place (its old value is still read after the new one is written): each
+    is a full extra read and write of a state array.
+    """
+    import math
+    import re
+
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY"):]
+    total = 0
+    for dtype, dims in re.findall(r"= (\w+)\[([\d,]*)\]\{[^}]*\} copy\(", entry):
+        size = math.prod(int(d) for d in dims.split(",")) if dims else 1
+        total += size * _BYTES.get(dtype, 4)
+    return total / 2**20
+
+
+def print_analysis(name, compiled):
+    flops, accessed = cost(compiled)
+    mem = memory(compiled)
+    print(f"  {name:34} {flops / 1e9:8.1f} GFLOP {accessed / 1e9:7.2f} GB accessed | "
+          f"MB args {mem['args']:.0f} out {mem['outputs']:.0f} aliased {mem['aliased']:.0f} "
+          f"temp {mem['temp']:.0f} -> peak {mem['peak']:.0f} | copies {copied_mb(compiled):.0f} MB")
+
+
+def analyze_ours(model, data):
+    """Whole Keras train step, forward + backward alone, optimizer update alone."""
+    import jax
+
+    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                 optimizer_variables=True, metrics_variables=True)
+    arrays = jax.tree.map(jax.numpy.asarray, data)
+    print_analysis("ours: whole train step",
+                   jax.jit(model.train_step, donate_argnums=0).lower(state, (arrays, None, None)).compile())
+    trainable, non_trainable = state[0], state[1]
+
+    def loss_fn(trainable, non_trainable, x):
+        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return model.compute_losses(x, y)["loss"]
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    print_analysis("ours: forward + backward",
+                   grad_fn.lower(trainable, non_trainable, arrays).compile())
+    # Donated inputs in the order of the outputs: JAX pairs donated buffers
+    # with outputs by shape in order, and a mismatched pairing costs copies.
+    update = jax.jit(lambda t, o, g: model.optimizer.stateless_apply(o, g, t), donate_argnums=(0, 1))
+    print_analysis("ours: optimizer update alone",
+                   update.lower(trainable, state[2], trainable).compile())
+
+
+def analyze_reference(jitted, args, grad_fn):
+    import jax
+
+    print_analysis("reference: whole train step", jitted.lower(*args).compile())
+    state = args[0]
+    print_analysis("reference: forward + backward",
+                   grad_fn.lower(state.params, *args[1:]).compile())
+    update = jax.jit(lambda s, g: s.apply_gradients(grads=g), donate_argnums=(0,))
+    print_analysis("reference: optimizer update alone", update.lower(state, state.params).compile())
+
+
+def run_jax(args):
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.path.insert(0, HERE)
+    ref = import_reference(args.reference)
+    import common
+    import jax
+
+    import keras_m3ae  # noqa: F401
+
+    data = batch_arrays(args.batch, IMAGE_SIZE[args.size], common.MAX_TEXT_LENGTH,
+                        common.VOCABULARY_SIZE)
+    model = ours_jax(args.size, args.batch, args.dtype)
+    jitted, ref_args, ref_grad_fn = reference_step(ref, args.size, data)
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, size {args.size}, "
+          f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}: "
+          f"params ours {model.count_params() / 1e6:.2f} M, reference "
+          f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M")
+    if args.analyze:
+        model.train_on_batch(data)  # builds the optimizer
+        analyze_ours(model, data)
+        analyze_reference(jitted, ref_args, ref_grad_fn)
+
+    ref_state = list(ref_args)
+
+    def ref_step():
+        state, rng, loss = jitted(*ref_state)
+        ref_state[0], ref_state[1] = state, rng
+        loss.block_until_ready()
+
+    def our_step():
+        model.train_on_batch(data)  # returns Python floats: synchronous
+
+    compare({"ours (train_on_batch)": our_step, "reference Flax M3AE": ref_step}, args, "")
+    if jax.devices()[0].platform != "cpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        print(f"  device peak memory (both models) {stats.get('peak_bytes_in_use', 0) / 2**20:.0f} MB")
+
+
+# --- torch: transformers ViTMAE ---
+
+
+def run_torch(args):
+    os.environ["KERAS_BACKEND"] = "torch"
+    sys.path.insert(0, HERE)
+    import common
+    import keras
+    import torch
+    import vitmae_compare
+
+    size = args.size
+    common.SIZES[size] = dict(common.SIZES[size], image_size=224 if size != "tiny" else 64)
+    peer = vitmae_compare.build_peer(size, 0.75)
+    if peer is None:
+        fail("transformers is not installed: the ViTMAE side needs it (pip install transformers)")
+    peer.config.norm_pix_loss = True
+    ours = common.build(size, text=False, image_mask_ratio=0.75, dtype=args.dtype)
+    ours.norm_pix_loss = True
+    ours.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    data = common.batch(ours, args.batch)
+    our_step, peer_step = vitmae_compare.train_steps(ours, peer, data)
+    print(f"torch {torch.__version__} on {common.device_kind()}, MAE size {size}, "
+          f"{common.SIZES[size]['image_size']} px, batch {args.batch}, norm-pix loss")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        compare({"ours (train_on_batch)": our_step, "transformers ViTMAE": peer_step},
+                args, f"{threads} thread(s), ")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    backends = args.backend.split(",")
+    if len(backends) > 1:
+        # Keras fixes its backend at import: one process per backend.
+        for backend in backends:
+            argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--backend", backend],
+                           check=False)
+        return
+    {"jax": run_jax, "torch": run_torch}[backends[0]](args)
+
+
+if __name__ == "__main__":
+    main()

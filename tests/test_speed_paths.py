@@ -1,0 +1,75 @@
+"""Speed paths: backend-specific pieces that must not change results."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_batch
+from conftest import tiny_pretrainer
+from keras_m3ae.optimizers.jax_update import update_after_gradients
+
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's compiled train step")
+
+
+def _compiled_train_step(model, data):
+    import jax
+
+    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                 optimizer_variables=True, metrics_variables=True)
+    arrays = jax.tree.map(jax.numpy.asarray, data)
+    return jax.jit(model.train_step, donate_argnums=0).lower(state, (arrays, None, None)).compile()
+
+
+def _copied_state(hlo):
+    """Shapes of the entry parameters (state arrays) that the program copies."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    shapes = dict(re.findall(r"(state_[\w.]+): \w+\[([\d,]*)\]", entry))
+    copied = re.findall(r"\} copy\(%(state_[\w.]+)\)", entry)
+    return [tuple(int(d) for d in shapes[name].split(",") if d) for name in copied]
+
+
+def test_update_after_gradients_applies_to_jax_only_and_without_global_clipping():
+    assert update_after_gradients(keras.optimizers.SGD()) == (keras.backend.backend() == "jax")
+    assert not update_after_gradients(keras.optimizers.SGD(global_clipnorm=1.0))
+
+
+@jax_only
+def test_jax_train_step_updates_state_in_place():
+    model = tiny_pretrainer()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    data = tiny_batch()
+    compiled = _compiled_train_step(model, data)
+    # Donated state is updated in place: no kernel is copied (Keras's own
+    # update copied every one here). XLA still copies a few vectors (head
+    # biases, the seed state): bytes, not model-sized.
+    copied = _copied_state(compiled.as_text())
+    assert [shape for shape in copied if len(shape) > 1] == []
+    assert sum(int(np.prod(shape)) for shape in copied) < 0.01 * model.count_params()
+    # ... and the whole state is donated (aliased to the outputs).
+    state_bytes = 4 * (model.count_params() + sum(
+        int(np.prod(v.shape)) for v in model.optimizer.variables + model.non_trainable_variables))
+    assert compiled.memory_analysis().alias_size_in_bytes >= 0.99 * state_bytes
+
+
+@jax_only
+def test_jax_update_after_gradients_keeps_values():
+    data = tiny_batch()
+    results = []
+    for ordered in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tiny_pretrainer()
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.05))
+        if not ordered:
+            del model.optimizer.stateless_apply  # back to Keras's own
+        start = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        losses = [model.train_on_batch(data, return_dict=True)["loss"] for _ in range(3)]
+        results.append((losses, [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]))
+    (losses, plain), (ordered_losses, ordered) = results
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(ordered_losses, losses, rtol=1e-6)
+    for a, b, s in zip(plain, ordered, start):
+        assert not np.allclose(a, s)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)

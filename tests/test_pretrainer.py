@@ -341,6 +341,9 @@ def test_pretrainer_config_and_keras_round_trip(tmp_path):
     assert a == pytest.approx(b, rel=1e-6)
 
 
+# Slow: test_scale.py's mixed-precision test checks the same (float32 variables,
+# finite training, float32 losses) and more, in the default run.
+@pytest.mark.slow
 def test_mixed_bfloat16_pretraining():
     pretrainer = tiny_pretrainer(tiny_backbone(dtype="mixed_bfloat16"))
     assert all(v.dtype == "float32" for v in pretrainer.weights)

@@ -12,12 +12,12 @@ slowdown that grows when other work competes for memory bandwidth
 (`benchmarks/RESULTS.md`, "Reference M3AE (JAX) and ViTMAE (torch)").
 
 `update_after_gradients(optimizer)` wraps the optimizer instance's
-`stateless_apply` (what the JAX trainer calls) so that gradients and current
-variable values pass through one `jax.lax.optimization_barrier` first: all
-gradients, and so all reads of the old kernels, come before any write, and
-the update runs in place. Values are unchanged (the barrier is an identity);
-the cost is that no update overlaps the backward pass, which the reference
-Flax M3AE's global-norm clipping imposes too.
+`stateless_apply` (what the JAX trainer calls) so that every gradient gets
+a zero made from one element of each gradient: each update then depends on
+all gradients, so all reads of the old kernels come before any write and
+the update runs in place. Values are unchanged; the cost is that no update
+overlaps the backward pass, which the reference Flax M3AE's global-norm
+clipping imposes too.
 """
 
 import types

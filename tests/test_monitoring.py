@@ -112,6 +112,23 @@ def test_snapshots_from_a_local_copy_draw_what_the_model_draws(tmp_path):
         "step_00000001.png", "step_00000001.png", "step_00000002.png"]
 
 
+def test_snapshots_number_pictures_from_a_step_restored_at_the_first_epoch(tmp_path):
+    # `fit_resumable`'s checkpoint restores the optimizer step in
+    # `on_epoch_begin`, after every `on_train_begin`: the hooks as `fit`
+    # calls them, without the cost of a compiled step.
+    pretrainer = tiny_pretrainer()
+    pretrainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    pretrainer.optimizer.build(pretrainer.trainable_variables)
+    snapshots = ReconstructionSnapshots(tiny_batch(1, seed=7), str(tmp_path), every_steps=5,
+                                        tensorboard=False, chief=True)
+    snapshots.set_model(pretrainer)
+    snapshots.on_train_begin()
+    pretrainer.optimizer.iterations.assign(5)  # restored 4, then one step
+    snapshots.on_train_batch_end(0)
+    snapshots.on_train_end()
+    assert [os.path.basename(p) for p in snapshots.written] == ["step_00000005.png"]
+
+
 @pytest.mark.backend_independent
 def test_reconstruction_grid_rows_are_original_masked_reconstruction():
     rng = np.random.default_rng(0)

@@ -105,7 +105,7 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
         self._copy = None
         self._writer = None
         self._last_step = None
-        self._step = 0
+        self._step = None
 
     def _fixed_noise(self):
         """Masking noise for the fixed batch, drawn once from its own numpy RNG."""
@@ -179,18 +179,25 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
             self._writer = SummaryWriter(os.path.join(self.log_dir, "images"))
         self._writer.image("reconstructions", grid, step)
 
+    def _optimizer_step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
     def on_train_begin(self, logs=None):
-        # Counted from the optimizer's step, so a resumed run keeps numbering;
-        # read once: on JAX `self.model` syncs every variable back to the
-        # model, which only a snapshot step should pay for.
-        self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._step = None
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        # Counted from the optimizer's step, so a resumed run keeps numbering;
+        # read once per `fit`, after its first step: a checkpoint restores the
+        # step at the first epoch's beginning, after `on_train_begin`
+        # (`fit_resumable`), and on JAX `self.model` syncs every variable back
+        # to the model, which only a snapshot step should pay for.
+        self._step = self._optimizer_step() if self._step is None else self._step + 1
         if self._step % self.every_steps == 0:
             self.snapshot(self._step)
 
     def on_train_end(self, logs=None):
+        if self._step is None:
+            self._step = self._optimizer_step()
         if self._step != self._last_step:
             self.snapshot(self._step)
         if self._writer is not None:

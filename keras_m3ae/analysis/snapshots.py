@@ -128,8 +128,8 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
         keras.distribution.set_distribution(None)
         try:
             if self._copy is None:
-                self._copy = keras.saving.deserialize_keras_object(
-                    keras.saving.serialize_keras_object(self.model))
+                # From its config alone: not compiled, no optimizer state.
+                self._copy = type(self.model).from_config(self.model.get_config())
                 # Builds every variable; the same call as below, so cheap.
                 self._copy(self.batch, training=False, image_noise=image_noise,
                            text_noise=text_noise)

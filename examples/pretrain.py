@@ -186,8 +186,18 @@ def main(argv=None):
     # First: a non-finite loss stops the run before any callback below
     # saves the broken weights.
     callbacks = [training.NonFiniteLossGuard(), checkpoint]
+    tensorboard_dir = os.path.join(args.output_dir, "tensorboard")
+    if args.snapshot_every_steps:
+        # On every host: on several, each picture step reads the weights on
+        # all of them (process 0 alone draws and writes). The fixed batch
+        # comes from its own evaluation reader: drawing it from the training
+        # dataset would open another iterator of it.
+        fixed = next(iter(data.image_text_dataset(
+            files, image_size=image_size, max_text_length=backbone.max_text_length,
+            batch_size=8, training=False)))
+        callbacks.append(keras_m3ae.analysis.ReconstructionSnapshots(
+            fixed, tensorboard_dir, every_steps=args.snapshot_every_steps, seed=args.seed))
     if chief:
-        tensorboard_dir = os.path.join(args.output_dir, "tensorboard")
         callbacks += [
             # Before the writers: it puts `skipped` into the logs they record.
             training.SkipCountLogger(dataset.skip_counter, every_steps=args.log_every_steps),
@@ -195,14 +205,6 @@ def main(argv=None):
             training.TensorBoardScalars(tensorboard_dir, every_steps=args.log_every_steps),
             training.SavePreset(backbone, preset_dir),
         ]
-        if args.snapshot_every_steps and num_hosts == 1:
-            # The fixed batch comes from its own evaluation reader: drawing it
-            # from the training dataset would open another iterator of it.
-            fixed = next(iter(data.image_text_dataset(
-                files, image_size=image_size, max_text_length=backbone.max_text_length,
-                batch_size=8, training=False)))
-            callbacks.append(keras_m3ae.analysis.ReconstructionSnapshots(
-                fixed, tensorboard_dir, every_steps=args.snapshot_every_steps, seed=args.seed))
         callbacks.append(training.RunSummary(
             batch_size=args.batch_size, counters=[dataset.skip_counter], print_fn=print,
             outputs={"preset": preset_dir, "checkpoint": checkpoint.directory,

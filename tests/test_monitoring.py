@@ -88,6 +88,30 @@ def test_monitoring_writes_pictures_scalars_and_a_summary_without_changing_the_r
     assert "0 examples skipped {}" in lines[-1] and f"wrote tensorboard: {log_dir}" in lines[-1]
 
 
+def test_snapshots_from_a_local_copy_draw_what_the_model_draws(tmp_path):
+    # The multi-host path, on one host: the picture comes from a copy of the
+    # model loaded with the run's weights at each picture step.
+    pretrainer = tiny_pretrainer()
+    set_random_weights(pretrainer, seed=3)
+    fixed = tiny_batch(2, seed=7)
+    direct = ReconstructionSnapshots(fixed, str(tmp_path / "direct"), png=False,
+                                     tensorboard=False, chief=True, local_copy=False)
+    copied = ReconstructionSnapshots(fixed, str(tmp_path / "copied"), tensorboard=False,
+                                     chief=True, local_copy=True)
+    for callback in (direct, copied):
+        callback.set_model(pretrainer)
+    np.testing.assert_allclose(copied.snapshot(1), direct.snapshot(1), atol=1e-6)
+    # Later pictures follow the run's weights, not the copy's first ones.
+    first = copied.snapshot(1)
+    set_random_weights(pretrainer, seed=4)
+    expected = direct.snapshot(2)
+    assert np.abs(expected - first).max() > 1e-2
+    np.testing.assert_allclose(copied.snapshot(2), expected, atol=1e-6)
+    assert copied._copy is not pretrainer
+    assert [os.path.basename(p) for p in copied.written] == [
+        "step_00000001.png", "step_00000001.png", "step_00000002.png"]
+
+
 def test_snapshots_number_pictures_from_a_step_restored_at_the_first_epoch(tmp_path):
     # `fit_resumable`'s checkpoint restores the optimizer step in
     # `on_epoch_begin`, after every `on_train_begin`: the hooks as `fit`

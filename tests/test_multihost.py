@@ -217,7 +217,7 @@ def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_ru
     args = ["--preset", preset, "--num_examples", "24", "--batch_size", "8", "--epochs", "2",
             "--decoder_hidden_dim", "16", "--decoder_num_layers", "1",
             "--decoder_num_heads", "2", "--warmup_epochs", "0.5", "--save_every_steps", "2",
-            "--base_learning_rate", "0.5"]
+            "--base_learning_rate", "0.5", "--snapshot_every_steps", "3"]
     reference = str(tmp_path / "reference")
     logs = str(tmp_path)
     codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), reference, logs, extra=args)
@@ -242,4 +242,17 @@ def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_ru
     assert log == open(os.path.join(reference, "steps.jsonl")).read()
     assert len(log.splitlines()) == 6
     # Only process 0 wrote: one log, one preset, no per-host leftovers.
-    assert sorted(os.listdir(out)) == ["checkpoint", "log.csv", "preset", "steps.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "log.csv", "preset", "steps.jsonl",
+                                       "tensorboard"]
+    # Pictures on several hosts, by process 0 (every host read the weights),
+    # at steps 3 and 6 (and the weights above are equal with them); the
+    # killed and rerun run numbers them from the restored step.
+    pictures = sorted(os.listdir(os.path.join(reference, "tensorboard", "reconstructions")))
+    assert pictures == ["step_00000003.png", "step_00000006.png"]
+    assert sorted(os.listdir(os.path.join(out, "tensorboard", "reconstructions"))) == pictures
+    from PIL import Image
+
+    grid = np.asarray(Image.open(os.path.join(reference, "tensorboard", "reconstructions",
+                                              pictures[-1])))
+    # 4 rows (max_rows) of original | masked | reconstruction, not blank.
+    assert grid.shape == (4 * mh.IMAGE_SIZE, 3 * mh.IMAGE_SIZE, 3) and grid.std() > 0

@@ -15,6 +15,7 @@ from keras_m3ae.analysis.visualization import reconstruct
 from keras_m3ae.analysis.visualization import to_pixels
 from keras_m3ae.data.constants import CC12M_MEAN
 from keras_m3ae.data.constants import CC12M_STD
+from keras_m3ae.training import hosts
 from keras_m3ae.training.monitoring import SummaryWriter
 from keras_m3ae.training.monitoring import writes_here
 
@@ -54,6 +55,15 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
     untouched, so a run's weights are bit-identical with and without this
     callback. Writes on the writing process only (`writes_here`).
 
+    On several hosts the run's variables are global arrays that only a
+    computation on every host can use, so the picture is drawn from a copy:
+    at each picture step every host reads the weights (a collective for
+    variables sharded over hosts, a local read for replicated ones), and the
+    writing process alone loads them into its own copy of the model, made
+    outside the run's `keras.distribution` on its local device, and calls
+    that. The other hosts go on training; the copy costs the writing
+    process one more set of weights in memory.
+
     Args:
         batch: dict of arrays, a batch as the pretrainer takes it (the first
             `max_rows` examples are used).
@@ -67,6 +77,8 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
         png: bool. Also write PNG files.
         tensorboard: bool. Write TensorBoard image summaries.
         chief: bool or None. Whether this process writes; None: process 0.
+        local_copy: bool or None. Draw from a copy of the model outside the
+            distribution (see above); None: when there are several hosts.
 
     Example:
     >>> batch = next(iter(ds.take(1)))
@@ -74,7 +86,7 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
     """
 
     def __init__(self, batch, log_dir, every_steps=1000, max_rows=4, seed=0, png=True,
-                 tensorboard=True, chief=None):
+                 tensorboard=True, chief=None, local_copy=None):
         super().__init__()
         if every_steps < 1:
             raise ValueError(f"`every_steps` must be >= 1; got {every_steps}.")
@@ -87,8 +99,10 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
         self.png = png
         self.tensorboard = tensorboard
         self.chief = chief
+        self.local_copy = local_copy
         self.written = []
         self._noise = None
+        self._copy = None
         self._writer = None
         self._last_step = None
         self._step = None
@@ -105,13 +119,44 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
             self._noise = (image, text)
         return self._noise
 
+    def _reconstruct_copy(self, weights):
+        """`reconstruct` by this process's own copy of the model, loaded with `weights`."""
+        image_noise, text_noise = self._fixed_noise()
+        # Made and called with no distribution: its variables and every
+        # intermediate stay on this process's default device.
+        distribution = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            if self._copy is None:
+                # From its config alone: not compiled, no optimizer state.
+                self._copy = type(self.model).from_config(self.model.get_config())
+                # Builds every variable; the same call as below, so cheap.
+                self._copy(self.batch, training=False, image_noise=image_noise,
+                           text_noise=text_noise)
+            self._copy.set_weights(weights)
+            return reconstruct(self._copy, self.batch, image_noise=image_noise,
+                               text_noise=text_noise)
+        finally:
+            keras.distribution.set_distribution(distribution)
+
     def snapshot(self, step):
-        """Writes the picture for `step`; returns the grid (or None off process 0)."""
+        """Writes the picture for `step`; returns the grid (or None off process 0).
+
+        With `local_copy` (by default on several hosts) a collective: every
+        host must call it at the same step.
+        """
+        local_copy = hosts.process_count() > 1 if self.local_copy is None else self.local_copy
+        # Read on every host, before the writer check: a variable sharded
+        # over hosts is gathered by all of them.
+        weights = [hosts.to_numpy(v) for v in self.model.weights] if local_copy else None
         if not writes_here(self.chief):
             return None
-        image_noise, text_noise = self._fixed_noise()
-        result = reconstruct(self.model, self.batch, image_noise=image_noise,
-                             text_noise=text_noise)
+        if local_copy:
+            result = self._reconstruct_copy(weights)
+        else:
+            image_noise, text_noise = self._fixed_noise()
+            result = reconstruct(self.model, self.batch, image_noise=image_noise,
+                                 text_noise=text_noise)
         grid = reconstruction_grid(result, self.max_rows)
         if self.png:
             self._write_png(grid, step)

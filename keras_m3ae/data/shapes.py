@@ -83,21 +83,42 @@ def _draw_shape(draw, shape, cx, cy, r, color):
         raise ValueError(f"Unknown shape {shape!r}.")
 
 
-def render_shape_example(rng, image_size=64):
+def _noisy(image, rng):
+    """The image's pixels with light uniform noise, uint8."""
+    pixels = np.asarray(image, dtype=np.int16)
+    pixels = pixels + rng.integers(-6, 7, size=pixels.shape, dtype=np.int16)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def render_shape_example(rng, image_size=64, layout="grid"):
     """Draws one random example.
 
     Args:
         rng: `numpy.random.Generator`.
         image_size: int. Side of the square image.
+        layout: `"grid"`: a small or large shape in one of 9 grid cells,
+            captioned "a {size} {colour} {shape} in the {position} on a
+            {background} background". `"centered"`: one large shape
+            (radius 28-40% of the side) near the centre, captioned "a
+            {colour} {shape} on a {background} background": the shape is
+            legible even at 32 px (`benchmarks/paper_trends.py`).
 
     Returns:
         A tuple `(image, caption, label)`: uint8 array (S, S, 3), str, int.
     """
+    if layout not in ("grid", "centered"):
+        raise ValueError(f"`layout` must be 'grid' or 'centered'; got {layout!r}.")
     label = int(rng.integers(len(SHAPE_CLASS_NAMES)))
     shape = SHAPE_CLASS_NAMES[label]
     names = list(COLORS)
     color, background = rng.choice(len(names), size=2, replace=False)
     color, background = names[color], names[background]
+    if layout == "centered":
+        r = rng.uniform(0.28, 0.4) * image_size
+        cx, cy = image_size / 2 + rng.uniform(-0.08, 0.08, size=2) * image_size
+        image = Image.new("RGB", (image_size, image_size), COLORS[background])
+        _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLORS[color])
+        return _noisy(image, rng), f"a {color} {shape} on a {background} background", label
     position, row, col = POSITIONS[int(rng.integers(len(POSITIONS)))]
     size = ("small", "large")[int(rng.integers(2))]
 
@@ -108,9 +129,7 @@ def render_shape_example(rng, image_size=64):
     cx = (col + 0.5) * cell + rng.uniform(-0.15, 0.15) * cell
     cy = (row + 0.5) * cell + rng.uniform(-0.15, 0.15) * cell
     _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLORS[color])
-    pixels = np.asarray(image, dtype=np.int16)
-    pixels = pixels + rng.integers(-6, 7, size=pixels.shape, dtype=np.int16)
-    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    pixels = _noisy(image, rng)
     where = "in the center" if position == "center" else f"in the {position}"
     caption = f"a {size} {color} {shape} {where} on a {background} background"
     return pixels, caption, label

@@ -177,8 +177,27 @@ class RunSummary(keras.callbacks.Callback):
         self._start = None
         self._first_step_end = None
         self._logs = {}
+        self._defer = False
+        self._carry = False
+
+    def continue_in_next_fit(self):
+        """The next `fit` prints no line, and the `fit` after it continues its counts.
+
+        `fit_resumable` calls this when it finishes an interrupted epoch and
+        the remaining epochs in two `fit` calls: one run, one line.
+        """
+        self._defer = True
+
+    def end_run(self):
+        """Prints the line held back by `continue_in_next_fit` (a run that stopped early)."""
+        self._carry = False
+        if self.summary is not None and writes_here(self.chief):
+            self.print_fn(self.line())
 
     def on_train_begin(self, logs=None):
+        if self._carry:
+            self._carry = False
+            return
         self._steps = 0
         self._start = time.perf_counter()
         self._first_step_end = None
@@ -219,6 +238,10 @@ class RunSummary(keras.callbacks.Callback):
             "skipped": skipped,
             "outputs": dict(self.outputs),
         }
+        if self._defer:
+            self._defer = False
+            self._carry = True
+            return
         if writes_here(self.chief):
             self.print_fn(self.line())
 

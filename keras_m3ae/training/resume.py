@@ -16,6 +16,7 @@ the SHA-256 of the state file, so neither a kill at any instant nor a
 corrupted file can make a restart load half a checkpoint.
 """
 
+import csv
 import hashlib
 import json
 import logging
@@ -359,14 +360,59 @@ def fit_resumable(model, x, *, epochs, steps_per_epoch, checkpoint, callbacks=No
         logger.warning("The checkpoint holds all %d steps of this run: nothing to do.", total)
         return None
     epoch, done = divmod(checkpoint.step, steps_per_epoch)
+    # A kill after an epoch's row was written but before the next save
+    # redoes that epoch: its row is written again.
+    trim_csv_logs(callbacks, epoch)
     history = None
     if done:
+        # Two `fit` calls, one run: the summary line comes once, at the end.
+        split = epoch + 1 < epochs
+        summaries = [c for c in callbacks if split and hasattr(c, "continue_in_next_fit")]
+        for callback in summaries:
+            callback.continue_in_next_fit()
         history = model.fit(x, initial_epoch=epoch, epochs=epoch + 1,
                             steps_per_epoch=steps_per_epoch - done, callbacks=callbacks, **kwargs)
         epoch += 1
         if model.stop_training:
+            for callback in summaries:
+                callback.end_run()
             return history
     if epoch < epochs:
         history = model.fit(x, initial_epoch=epoch, epochs=epochs,
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks, **kwargs)
     return history
+
+
+def trim_csv_logs(callbacks, first_epoch):
+    """Drops the rows of epochs >= `first_epoch` from appending `CSVLogger` files.
+
+    A resumed run writes those epochs again, so each epoch keeps one row.
+    The file is replaced atomically.
+
+    Args:
+        callbacks: list of callbacks; `keras.callbacks.CSVLogger`s with
+            `append=True` whose file exists are trimmed, others ignored.
+        first_epoch: int. The first epoch the resumed run will log.
+    """
+    for callback in callbacks or ():
+        if not isinstance(callback, keras.callbacks.CSVLogger) or not callback.append:
+            continue
+        path = callback.filename
+        if not os.path.isfile(path):
+            continue
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=callback.sep))
+        if not rows or "epoch" not in rows[0]:
+            continue
+        column = rows[0].index("epoch")
+        kept = [row for row in rows[1:] if row and int(float(row[column])) < first_epoch]
+        if len(kept) == len(rows) - 1:
+            continue
+        temporary = path + ".tmp"
+        with open(temporary, "w", newline="") as f:
+            csv.writer(f, delimiter=callback.sep, lineterminator="\n").writerows([rows[0], *kept])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        logger.info("%s: dropped the rows of epochs >= %d, which this run writes again.",
+                    path, first_epoch)

@@ -49,6 +49,10 @@ if ROOT not in sys.path:
 
 TEXT_MASK_RATIOS = (0.15, 0.5, 0.75, 0.9)
 PAIRED_FRACTIONS = (0.0, 0.1, 1.0)
+# The paper's three claims; `paired_per_token` is a diagnostic: 10 % paired
+# with the text loss averaged over the captioned examples' tokens only.
+EXPERIMENTS = ("probe", "text_mask_ratio", "paired_fraction")
+DIAGNOSTICS = ("paired_per_token",)
 
 
 # --- Data (parent process) ---
@@ -172,6 +176,7 @@ def run_config(config):
         pretrainer = M3AEPretrainer(
             backbone, decoder_hidden_dim=config["decoder_dim"], decoder_num_layers=1,
             decoder_num_heads=4, text_mask_ratio=config.get("text_mask_ratio", 0.75),
+            text_loss_reduction=config.get("text_loss_reduction", "per_example"),
             norm_pix_loss=True, seed=config["seed"],
         )
         batch_size, steps = config["batch_size"], config["steps"]
@@ -210,17 +215,27 @@ def configurations(args, vocabulary_size, directory):
         learning_rate=args.learning_rate, vocabulary_size=vocabulary_size, directory=directory,
     )
     runs = {}
+    experiments = args.experiments.split(",")
     for seed in range(args.seeds):
         def add(kind, **extra):
+            if kind == "m3ae":
+                extra.setdefault("text_loss_reduction", "per_example")
             key = (kind, tuple(sorted(extra.items())), seed)
             runs.setdefault(key, dict(base, kind=kind, seed=seed, **extra))
 
-        add("random")
-        add("mae")
-        for ratio in TEXT_MASK_RATIOS:
-            add("m3ae", text_mask_ratio=ratio, paired_fraction=1.0)
-        for fraction in PAIRED_FRACTIONS:
-            add("m3ae", text_mask_ratio=0.75, paired_fraction=fraction)
+        if "probe" in experiments:
+            add("random")
+            add("mae")
+            add("m3ae", text_mask_ratio=0.75, paired_fraction=1.0)
+        if "text_mask_ratio" in experiments:
+            for ratio in TEXT_MASK_RATIOS:
+                add("m3ae", text_mask_ratio=ratio, paired_fraction=1.0)
+        if "paired_fraction" in experiments:
+            for fraction in PAIRED_FRACTIONS:
+                add("m3ae", text_mask_ratio=0.75, paired_fraction=fraction)
+        if "paired_per_token" in experiments:
+            add("m3ae", text_mask_ratio=0.75, paired_fraction=0.1,
+                text_loss_reduction="per_token")
     # Longest first, so the workers finish together.
     return sorted(runs.values(), key=lambda c: (c["kind"] == "random", c["seed"]))
 
@@ -273,36 +288,46 @@ def run_all(configs, workers, log):
 def describe(config):
     if config["kind"] != "m3ae":
         return f"{config['kind']} seed {config['seed']}"
-    return (f"m3ae text mask {config['text_mask_ratio']} paired {config['paired_fraction']} "
-            f"seed {config['seed']}")
+    reduction = config.get("text_loss_reduction", "per_example")
+    return (f"m3ae text mask {config['text_mask_ratio']} paired {config['paired_fraction']}"
+            f"{'' if reduction == 'per_example' else ' ' + reduction} seed {config['seed']}")
 
 
-def collect(results):
+def collect(results, experiments=EXPERIMENTS):
+    """Accuracies per experiment and setting, one per seed (seed order)."""
     def accuracies(**match):
-        found = [r for r in results if all(r.get(k) == v for k, v in match.items())]
+        match.setdefault("text_loss_reduction", "per_example")
+        found = [r for r in results
+                 if all(r.get(k, "per_example" if k == "text_loss_reduction" else None) == v
+                        for k, v in match.items())]
         return [r["accuracy"] for r in sorted(found, key=lambda r: r["seed"])]
 
-    return {
-        "probe": {
+    everything = {
+        "probe": lambda: {
             "random": accuracies(kind="random"),
             "mae": accuracies(kind="mae"),
             "m3ae": accuracies(kind="m3ae", text_mask_ratio=0.75, paired_fraction=1.0),
         },
-        "text_mask_ratio": {
+        "text_mask_ratio": lambda: {
             str(r): accuracies(kind="m3ae", text_mask_ratio=r, paired_fraction=1.0)
             for r in TEXT_MASK_RATIOS
         },
-        "paired_fraction": {
+        "paired_fraction": lambda: {
             str(f): accuracies(kind="m3ae", text_mask_ratio=0.75, paired_fraction=f)
             for f in PAIRED_FRACTIONS
         },
+        "paired_per_token": lambda: {
+            "0.1": accuracies(kind="m3ae", text_mask_ratio=0.75, paired_fraction=0.1,
+                              text_loss_reduction="per_token"),
+        },
     }
+    return {name: everything[name]() for name in experiments}
 
 
 def table(summary):
     lines = [f"{'experiment':<18} {'setting':<8} {'mean':>6} {'std':>6}  per seed"]
-    for experiment in ("probe", "text_mask_ratio", "paired_fraction"):
-        for setting, values in summary[experiment].items():
+    for experiment in EXPERIMENTS + DIAGNOSTICS:
+        for setting, values in summary.get(experiment, {}).items():
             per_seed = " ".join(f"{v:.3f}" for v in values)
             lines.append(f"{experiment:<18} {setting:<8} {np.mean(values):6.3f} "
                          f"{np.std(values):6.3f}  {per_seed}")
@@ -316,10 +341,13 @@ def plot(summary, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    shown = [e for e in EXPERIMENTS + DIAGNOSTICS if e in summary]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6), squeeze=False)
+    axes = axes[0]
     titles = {"probe": "Linear probe (Table 1)", "text_mask_ratio": "Text mask ratio (Fig. 5)",
-              "paired_fraction": "Paired fraction (Fig. 3)"}
-    for axis, experiment in zip(axes, ("probe", "text_mask_ratio", "paired_fraction")):
+              "paired_fraction": "Paired fraction (Fig. 3)",
+              "paired_per_token": "10 % paired, per-token text loss"}
+    for axis, experiment in zip(axes, shown):
         settings = list(summary[experiment])
         values = [summary[experiment][s] for s in settings]
         means = [np.mean(v) for v in values]
@@ -342,6 +370,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="A smaller budget (<= 30 min on 2 cores).")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                        help="comma-separated, from " + ", ".join(EXPERIMENTS + DIAGNOSTICS))
     parser.add_argument("--steps", type=int, default=None, help="Pretraining steps per run.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", default=None, help="Write the accuracies here.")
@@ -384,7 +414,7 @@ def main():
         log(f"{len(configs)} runs ({args.steps} steps of {args.batch_size} each) "
             f"on {args.workers} workers, backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}")
         results = run_all(configs, args.workers, log)
-    summary = collect(results)
+    summary = collect(results, args.experiments.split(","))
     summary["chance"] = 1 / 8
     summary["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     summary["backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")

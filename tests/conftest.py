@@ -1,7 +1,34 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Quiet TensorFlow's C++ logging before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _share_jax_compilations():
+    """One XLA compilation per program for the whole run, subprocesses included.
+
+    Many tests build the same tiny model and train it: on JAX each builds and
+    compiles an identical train step, and compiling is most of such a test's
+    time on a CPU. JAX's persistent cache keys a compiled program by its full
+    HLO and compile options, so a hit runs exactly the program a fresh
+    compilation would give. The cache lives in a temporary folder for this run
+    only (nothing carries over between runs unless JAX_COMPILATION_CACHE_DIR
+    is set); set before JAX is imported, and inherited by the subprocesses
+    that tests start (examples, multi-device checks).
+    """
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="m3ae_test_xla_cache_")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+    # Also the many small programs of eager ops, which every subprocess
+    # would otherwise compile again.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+_share_jax_compilations()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -9,8 +9,10 @@ backend's pass only.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +37,15 @@ def main():
     backends = os.environ.get("M3AE_BACKENDS", "jax,tensorflow,torch").split(",")
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     failed_backends = []
+    # One JAX compilation cache for every pass (see tests/conftest.py): the
+    # other backends' passes start JAX subprocesses too.
+    cache = None
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="m3ae_test_xla_cache_")
     for position, backend in enumerate(backends):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        if cache:
+            env["JAX_COMPILATION_CACHE_DIR"] = cache
         print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
         start = time.time()
         only_dependent = [] if position == 0 else [
@@ -58,6 +67,8 @@ def main():
             found = re.search(rf"(\d+) {key}", last)
             totals[key] += int(found.group(1)) if found else 0
         print(f"({backend}: {time.time() - start:.0f} s)", flush=True)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
     if failed_backends:
         print(f"\nFailed under: {', '.join(failed_backends)}")
     print(

@@ -25,7 +25,9 @@ jax_only = pytest.mark.skipif(
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_pretrainer():
+@pytest.fixture(scope="module")
+def pretrainer():
+    """One model for the tests here: they only read its variables' paths."""
     backbone = keras_m3ae.M3AEBackbone(
         image_size=16, patch_size=4, vocabulary_size=64, max_text_length=8,
         hidden_dim=32, num_layers=2, num_heads=4,
@@ -36,11 +38,10 @@ def _tiny_pretrainer():
 
 
 @jax_only
-def test_layout_map_covers_blocks_embedding_and_head_once():
+def test_layout_map_covers_blocks_embedding_and_head_once(pretrainer):
     devices = keras.distribution.list_devices()[:1]
     mesh = keras.distribution.DeviceMesh((1, 1), ["batch", "model"], devices)
     layout_map = keras_m3ae.M3AEPretrainer.get_layout_map(mesh)
-    pretrainer = _tiny_pretrainer()
     specs = {}
     for variable in pretrainer.weights:
         # Raises if a path matched two patterns.
@@ -79,9 +80,8 @@ def test_layout_map_rejects_unknown_axis():
     assert tuple(layout_map["encoder/block_0/fc1/kernel"].axes) == ("data", "model")
 
 
-def test_layout_patterns_come_from_layer_names():
+def test_layout_patterns_come_from_layer_names(pretrainer):
     # Backend independent: the patterns, matched as LayoutMap matches them.
-    pretrainer = _tiny_pretrainer()
     blocks = list(pretrainer.backbone.structure().blocks) + list(pretrainer.decoder.transformer.blocks)
     column = [k for b in blocks for k in (b.attention.qkv.kernel, b.fc1.kernel)]
     row = [k for b in blocks for k in (b.attention.proj.kernel, b.fc2.kernel)]

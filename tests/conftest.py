@@ -82,3 +82,20 @@ def clear_session():
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
     yield
+
+
+class Crash(Exception):
+    """Raised by `CrashAt`: a process dying mid-run, in-process."""
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises `Crash` at the beginning of the `step`-th training step it sees."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise Crash()

@@ -13,6 +13,8 @@ import pytest
 from records import serialize_example
 from records import write_records
 
+from conftest import Crash
+from conftest import CrashAt
 from conftest import tiny_backbone
 from conftest import tiny_pretrainer
 import keras_m3ae
@@ -80,21 +82,6 @@ def test_a_restarted_stream_continues_with_exactly_the_next_batches(tmp_path):
         small.state(1)
     with pytest.raises(ValueError, match="repeat=True"):
         data.image_text_dataset(pattern, image_size=16, batch_size=4, position=DataPosition())
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.seen = step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            raise Crash()
 
 
 def train(pattern, out, pretrainer, epochs=2, steps_per_epoch=3, crash_at=None):

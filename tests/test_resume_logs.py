@@ -7,26 +7,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import Crash
+from conftest import CrashAt
 
 from keras_m3ae.training import RunSummary
 from keras_m3ae.training import TrainingCheckpoint
 from keras_m3ae.training import fit_resumable
 from keras_m3ae.training.resume import trim_csv_logs
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtStep(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.seen = step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            raise Crash()
 
 
 def epochs_logged(path):
@@ -47,7 +34,7 @@ def test_a_run_resumed_mid_epoch_logs_each_epoch_once_and_prints_one_summary(tmp
         callbacks = [keras.callbacks.CSVLogger(log, append=True),
                      RunSummary(batch_size=2, print_fn=lines.append, chief=True)]
         if crash_at:
-            callbacks.insert(0, CrashAtStep(crash_at))
+            callbacks.insert(0, CrashAt(crash_at))
         checkpoint = TrainingCheckpoint(str(tmp_path / "checkpoint"), every_steps=2)
         fit_resumable(model, ds, epochs=3, steps_per_epoch=3, checkpoint=checkpoint,
                       callbacks=callbacks, verbose=0)

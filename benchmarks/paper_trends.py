@@ -129,21 +129,15 @@ def _features(backbone, images, batch_size=512):
 
 def probe_accuracy(backbone, directory):
     """Logistic regression on standardised features; test top-1 per pooling."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from keras_m3ae.analysis import linear_probe_accuracy
 
     train = np.load(os.path.join(directory, "probe_train.npz"))
     test = np.load(os.path.join(directory, "probe_test.npz"))
     train_features = _features(backbone, train["images"])
     test_features = _features(backbone, test["images"])
-    accuracies = {}
-    for pooling in ("token", "mean"):
-        scaler = StandardScaler().fit(train_features[pooling])
-        classifier = LogisticRegression(max_iter=1000)
-        classifier.fit(scaler.transform(train_features[pooling]), train["labels"])
-        predicted = classifier.predict(scaler.transform(test_features[pooling]))
-        accuracies[pooling] = float(np.mean(predicted == test["labels"]))
-    return accuracies
+    return {pooling: linear_probe_accuracy(train_features[pooling], train["labels"],
+                                           test_features[pooling], test["labels"])
+            for pooling in ("token", "mean")}
 
 
 def run_config(config):

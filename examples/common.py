@@ -31,7 +31,7 @@ def parser(description):
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--pretrain_epochs", type=int, default=30,
+    p.add_argument("--pretrain_epochs", type=int, default=demo.EPOCHS,
                    help="Epochs of the demo pretraining when no --preset is given.")
     p.add_argument("--num_examples", type=int, default=1024,
                    help="Size of the built-in dataset.")
@@ -44,7 +44,8 @@ def parser(description):
 def load_default(num_examples, seed=0, train_fraction=0.75):
     """The labelled shapes data (a different draw from the pretraining one)."""
     data = default_classification_data(num_examples=num_examples, image_size=demo.IMAGE_SIZE,
-                                       max_text_length=demo.TEXT_LENGTH, seed=seed + 1)
+                                       max_text_length=demo.TEXT_LENGTH, seed=seed + 1,
+                                       layout=demo.LAYOUT)
     n = int(len(data["labels"]) * train_fraction)
     print(f"data: {len(data['labels'])} labelled shapes, {n} to train, {len(data['labels']) - n} to test")
     return data, (data["images"][:n], data["labels"][:n]), (data["images"][n:], data["labels"][n:])
@@ -60,7 +61,7 @@ def load_tfds(name, data_dir, image_size, batch_size, augment=None, crop_scale=(
     return train, test, num_classes
 
 
-def quick_pretrain(epochs, seed=0, num_examples=2048):
+def quick_pretrain(epochs, seed=0, num_examples=demo.NUM_EXAMPLES):
     """Pretrains the demo's tiny M3AE (as `python -m keras_m3ae` does); returns its preset."""
     directory = tempfile.mkdtemp(prefix="m3ae_pretrained_")
     shards, vocabulary = demo.write_demo_data(directory, num_examples, seed=seed)

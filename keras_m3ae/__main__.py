@@ -1,23 +1,28 @@
 """The embedded demo: `python -m keras_m3ae`.
 
-Renders a small captioned-shapes dataset as img2dataset-style TFRecords,
-pretrains a tiny M3AE on it through the same tf.data reader used for CC12M,
-saves the encoder as a preset, and draws reconstructions, cross-modal
-attention and feature clusters. Runs on whatever `KERAS_BACKEND` selects.
-It prints its own progress lines only: `keras_m3ae._startup` keeps
-TensorFlow's start-up log lines out (`TF_CPP_MIN_LOG_LEVEL=0` shows them).
+Renders a captioned-shapes dataset as img2dataset-style TFRecords, pretrains
+a tiny M3AE on it through the same tf.data reader used for CC12M, saves the
+encoder as a preset, draws reconstructions, cross-modal attention and feature
+clusters, and measures what the encoder learned against a random one of the
+same size. Runs on whatever `KERAS_BACKEND` selects. It prints its own
+progress lines only: `keras_m3ae._startup` keeps TensorFlow's start-up log
+lines out (`TF_CPP_MIN_LOG_LEVEL=0` shows them).
 """
 
 import argparse
+import json
 import os
 import time
 
 
 def _parser():
+    from keras_m3ae import demo
+
     parser = argparse.ArgumentParser(prog="python -m keras_m3ae", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="m3ae_demo_output", help="where everything is written")
-    parser.add_argument("--num_examples", type=int, default=2048, help="images in the bundled dataset")
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--num_examples", type=int, default=demo.NUM_EXAMPLES,
+                        help="images in the pretraining set")
+    parser.add_argument("--epochs", type=int, default=demo.EPOCHS)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--pixel_loss", action="store_true",
@@ -26,63 +31,114 @@ def _parser():
     return parser
 
 
+def _report(learned, random):
+    """The table printed at the end: pretrained against random init."""
+    rows = [
+        ("linear probe, shape (8 classes, chance 0.125)", "probe"),
+        ("10 nearest neighbours with the same shape", "shape_neighbours"),
+        ("10 nearest neighbours with the same colour", "colour_neighbours"),
+        ("  the same shape, all white on black", "one_colour_shape_neighbours"),
+    ]
+    lines = [f"  {'':52s} {'pretrained':>10s} {'random':>8s}"]
+    lines += [f"  {label:52s} {learned[key]:10.3f} {random[key]:8.3f}" for label, key in rows]
+    blocks = len(learned["attention"]["shape"])
+    lines.append(f"  share of a word's image attention on the shape's patches, blocks 1-{blocks} "
+                 f"(evenly spread: {learned['object_patches']:.2f}):")
+    for word in learned["attention"]:
+        values = [" ".join(f"{x:.2f}" for x in model["attention"][word]) for model in (learned, random)]
+        lines.append(f"    {word:20s} pretrained {values[0]}   random {values[1]}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     import keras
     import numpy as np
 
     import keras_m3ae
+    from keras_m3ae import analysis
     from keras_m3ae import data
     from keras_m3ae import demo
+    from keras_m3ae.data import shapes
 
     start = time.time()
     out = os.path.abspath(args.output_dir)
     preset_dir = os.path.join(out, "preset")
     os.makedirs(out, exist_ok=True)
 
-    print(f"[1/4] Rendering {args.num_examples} captioned images into {out}/data")
+    print(f"[1/5] Rendering {args.num_examples} captioned images into {out}/data")
     shards, vocabulary = demo.write_demo_data(out, args.num_examples, seed=args.seed)
-    print(f"[2/4] Pretraining a tiny M3AE for {args.epochs} epochs on the {keras.config.backend()} backend")
+    print(f"[2/5] Pretraining a tiny M3AE for {args.epochs} epochs on the {keras.config.backend()} backend")
     pretrainer, history = demo.pretrain_demo(
         shards, vocabulary, args.num_examples, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, norm_pix_loss=not args.pixel_loss, seed=args.seed,
     )
     backbone = pretrainer.backbone
 
-    print(f"[3/4] Saving the encoder preset to {preset_dir}")
+    print(f"[3/5] Saving the encoder preset to {preset_dir}")
     backbone.save_to_preset(preset_dir)
 
-    print("[4/4] Drawing reconstructions, attention maps and feature clusters")
-    batch = next(iter(demo.demo_dataset(shards, vocabulary, 6, training=False)))
-    batch = {k: np.asarray(v) for k, v in batch.items()}
-    tokenizer = data.M3AETokenizer(vocabulary, max_text_length=demo.TEXT_LENGTH)
-    captions = tokenizer.detokenize(batch["token_ids"])
+    print("[4/5] Measuring what it learned on held-out images, against a random encoder")
+    evaluation = demo.evaluation_data(out, vocabulary, seed=args.seed + 1)
+    one_colour = demo.one_colour_images(seed=args.seed + 2)
+    learned = demo.what_it_learned(backbone, evaluation, one_colour=one_colour)
+    keras.utils.set_random_seed(args.seed + 1)
+    random = demo.what_it_learned(demo.demo_backbone(backbone.vocabulary_size), evaluation,
+                                  one_colour=one_colour)
+
+    print("[5/5] Drawing reconstructions, attention maps and feature clusters")
+    batch = {k: evaluation[k][:6] for k in ("images", "token_ids", "padding_mask")}
     figure_path = os.path.join(out, "reconstructions.png")
-    result = keras_m3ae.analysis.reconstruct(pretrainer, batch)
-    keras_m3ae.analysis.plot_reconstructions(result, figure_path, captions=captions)
-
+    result = analysis.reconstruct(pretrainer, batch)
+    analysis.plot_reconstructions(result, figure_path, captions=evaluation["captions"][:6])
     attention_path = os.path.join(out, "attention.png")
-    maps = keras_m3ae.analysis.cross_modal_attention(backbone, batch)
-    words = [tokenizer.detokenize(i[None]) for i in batch["token_ids"][0][batch["padding_mask"][0]]]
-    keras_m3ae.analysis.plot_text_to_image_attention(batch["images"], maps, words, attention_path)
-
-    labelled = demo.demo_dataset(shards, vocabulary, 128, training=False, label_key="label")
-    images, labels = zip(*[(x["images"].numpy(), y.numpy()) for x, y in labelled.take(4)])
-    features = keras_m3ae.analysis.cls_features(backbone, np.concatenate(images))
+    blocks = range(backbone.num_layers)
+    maps = [analysis.cross_modal_attention(backbone, batch, layer=layer) for layer in blocks]
+    analysis.plot_text_to_image_attention(
+        batch["images"], maps, evaluation["captions"][0].split(), attention_path,
+        row_labels=[f"block {layer + 1}" for layer in blocks])
+    test = slice(len(evaluation["labels"]) - 512, None)
     tsne_path = os.path.join(out, "tsne.png")
-    keras_m3ae.analysis.plot_tsne(features, np.concatenate(labels), data.SHAPE_CLASS_NAMES, tsne_path)
+    embedding, _ = analysis.plot_tsne(
+        learned["features"][test], evaluation["labels"][test], data.SHAPE_CLASS_NAMES, tsne_path,
+        title="t-SNE of CLS features, by shape")
+    tsne_colour_path = os.path.join(out, "tsne_by_colour.png")
+    analysis.plot_tsne(
+        learned["features"][test], evaluation["colours"][test], list(shapes.COLORS),
+        tsne_colour_path, title="the same map, by the shape's colour", embedding=embedding,
+        palette=[np.asarray(rgb) / 255 for rgb in shapes.COLORS.values()])
 
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, (name, model) in zip(axes, (("pretrained", learned), ("random init", random))):
+        analysis.plot_tsne(model["one_colour_features"], one_colour[1], data.SHAPE_CLASS_NAMES, ax=ax,
+                           title=f"{name}, white shapes on black\nsame shape among the 10 nearest "
+                                 f"neighbours: {model['one_colour_shape_neighbours']:.2f}")
+    fig.tight_layout()
+    tsne_one_colour_path = os.path.join(out, "tsne_one_colour.png")
+    fig.savefig(tsne_one_colour_path, dpi=120)
+
+    def numbers(model):
+        return {k: v for k, v in model.items() if not k.endswith("features")}
+
+    summary = {"pretrained": numbers(learned), "random": numbers(random)}
+    with open(os.path.join(out, "what_it_learned.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     logs = history.history
     print(
         f"\nDone in {time.time() - start:.0f} s. Loss {logs['loss'][0]:.3f} -> {logs['loss'][-1]:.3f} "
         f"(image {logs['image_loss'][-1]:.3f}, text {logs['text_loss'][-1]:.3f}, "
-        f"text accuracy {logs['text_accuracy'][-1]:.2f})."
+        f"text accuracy {logs['text_accuracy'][-1]:.2f}).\n"
+        f"What the encoder learned (held-out images, the image alone):\n{_report(learned, random)}"
     )
     print(f"  data (img2dataset-style TFRecords): {out}/data")
     print(f"  encoder preset:                     {preset_dir}")
     print(f"  reconstructions (original / masked / reconstruction): {figure_path}")
-    print(f"  attention of each caption word over the image:        {attention_path}")
-    print(f"  t-SNE of CLS features by shape class:                 {tsne_path}")
+    print(f"  attention of each caption word over the image, by block: {attention_path}")
+    print(f"  t-SNE of CLS features by shape and by colour:         {tsne_path}, {tsne_colour_path}")
+    print(f"  the same for one colour pair, pretrained and random:  {tsne_one_colour_path}")
+    print(f"  these numbers:                                        {out}/what_it_learned.json")
     print(f"Load the encoder with keras_m3ae.M3AEBackbone.from_preset({preset_dir!r}).")
 
 

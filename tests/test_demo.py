@@ -2,7 +2,12 @@ import os
 import subprocess
 import sys
 
+import keras
+import numpy as np
+import pytest
+
 from keras_m3ae import _startup
+from keras_m3ae import analysis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,3 +46,68 @@ def test_only_known_tensorflow_messages_are_filtered():
     ]
     assert all(_startup.is_known_noise(line) for line in noise)
     assert not any(_startup.is_known_noise(line) for line in real)
+
+
+@pytest.mark.backend_independent  # the demo's own logic; the analysis runs on every backend elsewhere
+def test_demo_measures_what_it_shows(tmp_path):
+    from keras_m3ae import demo
+    from keras_m3ae.data import shapes
+
+    vocabulary = demo.write_vocabulary(tmp_path / "vocabulary.txt")
+    evaluation = demo.evaluation_data(str(tmp_path), vocabulary, num_examples=96, seed=4)
+    # Read back through the pipeline: captions name the label and the colour,
+    # and the object mask covers pixels of the named colour.
+    assert len(evaluation["captions"]) == 96
+    pixels = np.round(analysis.to_pixels(evaluation["images"]) * 255)
+    for i in range(8):
+        words = evaluation["captions"][i].split()
+        colour = list(shapes.COLORS)[evaluation["colours"][i]]
+        assert words[demo.WORD_POSITIONS["shape"]] == shapes.SHAPE_CLASS_NAMES[evaluation["labels"][i]]
+        assert words[demo.WORD_POSITIONS["colour"]] == colour
+        # JPEG shifts flat colours by up to ~20 levels; the named one is still the nearest.
+        inside = np.median(pixels[i][evaluation["object_masks"][i]], axis=0)
+        nearest = min(shapes.COLORS, key=lambda name: np.abs(inside - shapes.COLORS[name]).max())
+        assert nearest == colour
+    assert 0.1 < evaluation["object_masks"].mean() < 0.6
+    keras.utils.set_random_seed(0)
+    backbone = demo.demo_backbone(len(demo.caption_words()) + 2)
+    learned = demo.what_it_learned(backbone, evaluation, num_train=64, attention_examples=16)
+    expected = analysis.attention_share(
+        analysis.cross_modal_attention(backbone, {k: evaluation[k][:16] for k in ("images", "token_ids",
+                                                                               "padding_mask")}),
+        analysis.patch_region(evaluation["object_masks"][:16], backbone.grid_size))
+    attention = learned["attention"]
+    np.testing.assert_allclose(attention["shape"][-1], expected[:, 2].mean(), rtol=1e-6)
+    np.testing.assert_allclose(attention["background colour"][-1], expected[:, 5].mean(), rtol=1e-6)
+    assert len(attention["colour"]) == backbone.num_layers
+    # Probe and neighbours read the CLS features of the held-out part.
+    features = learned["features"]
+    np.testing.assert_allclose(features[:4], analysis.cls_features(backbone, evaluation["images"][:4]),
+                               atol=1e-5)
+    labels, colours = evaluation["labels"], evaluation["colours"]
+    assert learned["probe"] == analysis.linear_probe_accuracy(features[:64], labels[:64], features[64:],
+                                                              labels[64:])
+    assert learned["colour_neighbours"] == analysis.neighbour_agreement(features[64:], colours[64:])
+    assert learned["shape_neighbours"] == analysis.neighbour_agreement(features[64:], labels[64:])
+
+
+@pytest.mark.slow  # pretrains a few steps, then measures 3072 held-out images twice (~1-2 min)
+def test_demo_runs_end_to_end(tmp_path):
+    import json
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_m3ae", "--num_examples", "128", "--epochs", "1",
+         "--output_dir", str(out)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "linear probe, shape" in result.stdout
+    for name in ("reconstructions.png", "attention.png", "tsne.png", "tsne_by_colour.png",
+                 "tsne_one_colour.png", "preset/config.json"):
+        assert (out / name).stat().st_size > 0
+    numbers = json.loads((out / "what_it_learned.json").read_text())
+    for model in ("pretrained", "random"):
+        assert 0.0 < numbers[model]["probe"] <= 1.0
+        assert len(numbers[model]["attention"]["shape"]) == 4

@@ -90,7 +90,7 @@ def _noisy(image, rng):
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def render_shape_example(rng, image_size=64, layout="grid"):
+def render_shape_example(rng, image_size=64, layout="grid", colors=None):
     """Draws one random example.
 
     Args:
@@ -102,6 +102,8 @@ def render_shape_example(rng, image_size=64, layout="grid"):
             (radius 28-40% of the side) near the centre, captioned "a
             {colour} {shape} on a {background} background": the shape is
             legible even at 32 px (`benchmarks/paper_trends.py`).
+        colors: optional `(shape colour, background colour)`, names from
+            `COLORS`; by default both are drawn at random (and differ).
 
     Returns:
         A tuple `(image, caption, label)`: uint8 array (S, S, 3), str, int.
@@ -113,6 +115,10 @@ def render_shape_example(rng, image_size=64, layout="grid"):
     names = list(COLORS)
     color, background = rng.choice(len(names), size=2, replace=False)
     color, background = names[color], names[background]
+    if colors is not None:
+        color, background = colors
+        if color not in COLORS or background not in COLORS or color == background:
+            raise ValueError(f"`colors` must be two different names from {names}; got {colors!r}.")
     if layout == "centered":
         r = rng.uniform(0.28, 0.4) * image_size
         cx, cy = image_size / 2 + rng.uniform(-0.08, 0.08, size=2) * image_size
@@ -135,8 +141,49 @@ def render_shape_example(rng, image_size=64, layout="grid"):
     return pixels, caption, label
 
 
+def object_mask(pixels, caption, threshold=40):
+    """Which pixels of a rendered example belong to the shape.
+
+    The background colour is read from the caption ("... on a {background}
+    background"); a pixel is the shape's when one of its channels differs
+    from that colour by more than `threshold` (the noise is at most 6 and
+    JPEG moves a flat colour by a few levels; any two colours differ by at
+    least 75 in some channel).
+
+    Args:
+        pixels: uint8 array `(S, S, 3)` (or `(N, S, S, 3)` with a list of
+            captions).
+        caption: str (or list of str) as written by `render_shape_example`.
+        threshold: int. Largest channel difference still counted as
+            background.
+
+    Returns:
+        bool array `(S, S)` (or `(N, S, S)`).
+
+    Example:
+
+    >>> pixels, caption, label = render_shape_example(np.random.default_rng(0))
+    >>> object_mask(pixels, caption).mean()   # share of the image the shape covers
+    """
+    captions = [caption] if isinstance(caption, str) else list(caption)
+    pixels = np.asarray(pixels)
+    batched = pixels.ndim == 4
+    pixels = pixels if batched else pixels[None]
+    if len(captions) != len(pixels):
+        raise ValueError(f"Got {len(pixels)} images but {len(captions)} captions.")
+    backgrounds = []
+    for text in captions:
+        words = text.split()
+        if len(words) < 2 or words[-1] != "background" or words[-2] not in COLORS:
+            raise ValueError(f"Not a shapes caption (no '<colour> background' at the end): {text!r}.")
+        backgrounds.append(COLORS[words[-2]])
+    backgrounds = np.asarray(backgrounds, "int16")[:, None, None, :]
+    mask = np.abs(pixels.astype("int16") - backgrounds).max(-1) > threshold
+    return mask if batched else mask[0]
+
+
 def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=4, seed=0,
-                         progress=False, overwrite=False):
+                         progress=False, overwrite=False, layout="grid"):
     """Renders the shapes dataset into img2dataset-style TFRecord shards.
 
     Args:
@@ -148,6 +195,7 @@ def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=
         progress: bool. Show a progress bar.
         overwrite: bool. Replace shards already in `directory` (else it
             must be empty); the same seed writes the same bytes again.
+        layout: `"grid"` or `"centered"` (see `render_shape_example`).
 
     Returns:
         The list of shard paths. Records carry `jpg`, `txt`, `key`, `url`,
@@ -161,11 +209,13 @@ def write_shapes_dataset(directory, num_examples=512, image_size=64, num_shards=
     """
     if num_shards < 1 or num_examples < num_shards:
         raise ValueError(f"Need 1 <= num_shards <= num_examples, got {num_shards}, {num_examples}.")
+    if layout not in ("grid", "centered"):
+        raise ValueError(f"`layout` must be 'grid' or 'centered'; got {layout!r}.")
     rng = np.random.default_rng(seed)
 
     def examples():
         for index in range(num_examples):
-            pixels, caption, label = render_shape_example(rng, image_size)
+            pixels, caption, label = render_shape_example(rng, image_size, layout=layout)
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
             yield {

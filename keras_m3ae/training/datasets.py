@@ -125,7 +125,7 @@ def dataset_to_numpy(dataset, max_batches=None):
 
 
 def default_classification_data(num_examples=1024, image_size=64, max_text_length=16, seed=0,
-                                vocabulary=None, directory=None):
+                                vocabulary=None, directory=None, layout="grid"):
     """A small labelled image-caption dataset that needs no download.
 
     Renders `keras_m3ae.data.write_shapes_dataset` (a coloured shape on a
@@ -139,6 +139,7 @@ def default_classification_data(num_examples=1024, image_size=64, max_text_lengt
         seed: int. Same seed, same data.
         vocabulary: optional WordPiece vocabulary file (default BERT uncased).
         directory: optional folder for the shards (default: a temporary one).
+        layout: `"grid"` or `"centered"` (see `keras_m3ae.data.shapes`).
 
     Returns:
         dict of numpy arrays: `images` uint8 `(N, S, S, 3)` in [0, 255],
@@ -147,7 +148,7 @@ def default_classification_data(num_examples=1024, image_size=64, max_text_lengt
     """
     directory = directory or tempfile.mkdtemp(prefix="m3ae_shapes_")
     shards = write_shapes_dataset(directory, num_examples=num_examples, image_size=image_size,
-                                  seed=seed, overwrite=True)
+                                  seed=seed, overwrite=True, layout=layout)
     ds = image_text_dataset(
         shards, image_size=image_size, max_text_length=max_text_length, vocabulary=vocabulary,
         batch_size=256, training=False, label_key="label", drop_remainder=False,

@@ -1,6 +1,6 @@
 """Linear probe of an M3AE encoder (frozen encoder, BatchNorm + linear head, LARS).
 
-    python examples/linear_probe.py                       # built-in data, ~10 min on 2 CPU cores
+    python examples/linear_probe.py                       # built-in data (pretrains the demo model first)
     python examples/linear_probe.py --dataset cifar10 --data_dir ~/tensorflow_datasets \
         --preset /path/to/pretrained_preset --epochs 90 --batch_size 1024
 

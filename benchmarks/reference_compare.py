@@ -59,8 +59,14 @@ def parse_args(argv=None):
     parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
     parser.add_argument("--dtype", default=None,
                         help="our dtype policy, e.g. mixed_bfloat16 (the reference is float32 only)")
-    parser.add_argument("--analyze", action="store_true",
-                        help="print XLA cost and memory analysis of the JAX steps")
+    parser.add_argument("--analyze", nargs="?", const="all", choices=("all", "grad"),
+                        help="print XLA cost and memory analysis of the JAX steps "
+                             "(`grad`: of the two forward + backward passes only)")
+    parser.add_argument("--analyze-only", action="store_true",
+                        help="with --analyze: stop after the analysis (no timing)")
+    parser.add_argument("--dump-hlo", metavar="DIR",
+                        help="with --analyze: write each analysed step's optimized HLO to "
+                             "DIR/<name>.hlo.txt (read them with benchmarks/hlo_bytes.py)")
     return parser.parse_args(argv)
 
 
@@ -274,7 +280,12 @@ def copied_mb(compiled):
     return total / 2**20
 
 
-def print_analysis(name, compiled):
+def print_analysis(name, compiled, dump_dir=None):
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        path = os.path.join(dump_dir, name.replace(":", "").replace(" + ", "_").replace(" ", "_"))
+        with open(path + ".hlo.txt", "w") as f:
+            f.write(compiled.as_text())
     flops, accessed = cost(compiled)
     mem = memory(compiled)
     print(f"  {name:34} {flops / 1e9:8.1f} GFLOP {accessed / 1e9:7.2f} GB accessed | "
@@ -282,15 +293,17 @@ def print_analysis(name, compiled):
           f"temp {mem['temp']:.0f} -> peak {mem['peak']:.0f} | copies {copied_mb(compiled):.0f} MB")
 
 
-def analyze_ours(model, data):
+def analyze_ours(model, data, parts="all", dump_dir=None):
     """Whole Keras train step, forward + backward alone, optimizer update alone."""
     import jax
 
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     arrays = jax.tree.map(jax.numpy.asarray, data)
-    print_analysis("ours: whole train step",
-                   jax.jit(model.train_step, donate_argnums=0).lower(state, (arrays, None, None)).compile())
+    if parts == "all":
+        step = jax.jit(model.train_step, donate_argnums=0)
+        print_analysis("ours: whole train step",
+                       step.lower(state, (arrays, None, None)).compile(), dump_dir)
     trainable, non_trainable = state[0], state[1]
 
     def loss_fn(trainable, non_trainable, x):
@@ -299,23 +312,29 @@ def analyze_ours(model, data):
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
     print_analysis("ours: forward + backward",
-                   grad_fn.lower(trainable, non_trainable, arrays).compile())
+                   grad_fn.lower(trainable, non_trainable, arrays).compile(), dump_dir)
+    if parts != "all":
+        return
     # Donated inputs in the order of the outputs: JAX pairs donated buffers
     # with outputs by shape in order, and a mismatched pairing costs copies.
     update = jax.jit(lambda t, o, g: model.optimizer.stateless_apply(o, g, t), donate_argnums=(0, 1))
     print_analysis("ours: optimizer update alone",
-                   update.lower(trainable, state[2], trainable).compile())
+                   update.lower(trainable, state[2], trainable).compile(), dump_dir)
 
 
-def analyze_reference(jitted, args, grad_fn):
+def analyze_reference(jitted, args, grad_fn, parts="all", dump_dir=None):
     import jax
 
-    print_analysis("reference: whole train step", jitted.lower(*args).compile())
+    if parts == "all":
+        print_analysis("reference: whole train step", jitted.lower(*args).compile(), dump_dir)
     state = args[0]
     print_analysis("reference: forward + backward",
-                   grad_fn.lower(state.params, *args[1:]).compile())
+                   grad_fn.lower(state.params, *args[1:]).compile(), dump_dir)
+    if parts != "all":
+        return
     update = jax.jit(lambda s, g: s.apply_gradients(grads=g), donate_argnums=(0,))
-    print_analysis("reference: optimizer update alone", update.lower(state, state.params).compile())
+    print_analysis("reference: optimizer update alone",
+                   update.lower(state, state.params).compile(), dump_dir)
 
 
 def run_jax(args):
@@ -337,8 +356,10 @@ def run_jax(args):
           f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M")
     if args.analyze:
         model.train_on_batch(data)  # builds the optimizer
-        analyze_ours(model, data)
-        analyze_reference(jitted, ref_args, ref_grad_fn)
+        analyze_ours(model, data, args.analyze, args.dump_hlo)
+        analyze_reference(jitted, ref_args, ref_grad_fn, args.analyze, args.dump_hlo)
+        if args.analyze_only:
+            return
 
     ref_state = list(ref_args)
 

@@ -8,8 +8,8 @@ sum from the text of the optimized HLO (`compiled.as_text()`, written by
 model region (encoder / decoder block parts, heads, loss, masking; forward
 and backward apart, from the `op_name` metadata JAX writes from the name
 stack), by op kind (fusion kind and the op at its root, or the plain
-opcode), or by the `op_name` path itself. With two files it prints them side
-by side with the difference, largest first.
+opcode), or by the `op_name` path itself. With several files it prints them
+side by side, sorted by the difference between the first and the last.
 
     python benchmarks/hlo_bytes.py /tmp/hlo/ours_forward_backward.hlo.txt \\
         /tmp/hlo/reference_forward_backward.hlo.txt --by region
@@ -174,7 +174,8 @@ REGIONS = [
     (r"decoder[/_](?:image_head|image_output)", "image head"),
     (r"decoder[/_]input_projection", "decoder input projection"),
     (r"log_softmax|cross_entropy", "text loss (log-softmax)"),
-    (r"take_along_axis|gather|scatter|argsort|sort", "masking, gathers"),
+    (r"take_along_axis|gather|scatter|argsort|sort|decoder/jit\(_where",
+     "masking, gathers, mask tokens"),
     (r"_uniform|threefry|random|_bits", "random numbers"),
     (r"token_embedding|text_embedding|patch_embedding|image_embedding|position|cls_token",
      "embeddings"),
@@ -214,7 +215,8 @@ def breakdown(costs, by, depth=3):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="one or two optimized HLO texts")
+    parser.add_argument("files", nargs="+",
+                        help="optimized HLO texts; with several, rows sort by first minus last")
     parser.add_argument("--by", default="region", choices=("region", "kind", "op"))
     parser.add_argument("--depth", type=int, default=3, help="path components for --by op")
     parser.add_argument("--rows", type=int, default=40)
@@ -229,25 +231,23 @@ def main(argv=None):
                 print(f"{nbytes / 1e6:9.1f} MB  {kind:40.40} {inst.shape[:40]:40} {op_path(inst, 9)}")
         return
     tables = [breakdown(c, args.by, args.depth) for c in costs]
-    keys = sorted(set().union(*tables),
-                  key=lambda k: -abs(tables[0][k] - (tables[1][k] if len(tables) > 1 else 0)))
-    names = [f.rsplit("/", 1)[-1].split(".")[0][:14] for f in args.files]
-    header = "| " + args.by + " | " + " | ".join(f"{n} MB" for n in names)
-    print(header + (" | difference MB |" if len(tables) > 1 else " |"))
-    print("|---" * (len(tables) + 1 + (len(tables) > 1)) + "|")
+    several = len(tables) > 1
+
+    def row(values):
+        diff = f" | {values[0] - values[-1]:+.0f}" if several else ""
+        return " | ".join(f"{v:.0f}" for v in values) + diff + " |"
+
+    keys = sorted(set().union(*tables), key=lambda k: -abs(tables[0][k] - tables[-1][k]))
+    names = [f.rsplit("/", 1)[-1].split(".")[0] for f in args.files]
+    print(f"| {args.by} | " + " | ".join(f"{n} MB" for n in names)
+          + (" | first - last MB |" if several else " |"))
+    print("|---" * (len(tables) + 1 + several) + "|")
     for key in keys[: args.rows]:
-        values = [t[key] / 1e6 for t in tables]
-        diff = f" | {values[0] - values[1]:+.0f}" if len(tables) > 1 else ""
-        print(f"| {key} | " + " | ".join(f"{v:.0f}" for v in values) + diff + " |")
+        print(f"| {key} | " + row([t[key] / 1e6 for t in tables]))
     rest = keys[args.rows:]
     if rest:
-        values = [sum(t[k] for k in rest) / 1e6 for t in tables]
-        diff = f" | {values[0] - values[1]:+.0f}" if len(tables) > 1 else ""
-        print(f"| ({len(rest)} more rows) | " + " | ".join(f"{v:.0f}" for v in values) + diff + " |")
-    values = [sum(t.values()) / 1e6 for t in tables]
-    diff = f" | {values[0] - values[1]:+.0f}" if len(tables) > 1 else ""
-    print("| **total** | " + " | ".join(f"{v:.0f}" for v in values) + diff + " |")
-
+        print(f"| ({len(rest)} more rows) | " + row([sum(t[k] for k in rest) / 1e6 for t in tables]))
+    print("| **total** | " + row([sum(t.values()) / 1e6 for t in tables]))
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,9 @@ the reference repository's own Flax model and losses (`m3ae/model.py`, imported
 from the checkout given with `--reference`; nothing is copied from it) with
 the optax AdamW of its `m3ae_main.py` (betas 0.9/0.95, weight decay 0.05 with
 its exclusions, global-norm clipping at 1e9, text loss weight 0.1; our
-pretrainer gets the same weights and AdamW). Both donate their training
-state, as the reference's `pmap` does and Keras's JAX trainer does.
+pretrainer gets the same weights and AdamW, and the reference's tanh GELU
+unless `--exact-gelu`). Both donate their training state, as the reference's
+`pmap` does and Keras's JAX trainer does.
 
 torch: our MAE (`vocabulary_size=None`) against transformers'
 `ViTMAEForPreTraining` (norm-pix loss on both), `torch.optim.AdamW`, at one
@@ -22,7 +23,10 @@ and the load average: how much of the machine the run had.
 
 With `--analyze` (JAX) it also prints XLA's cost and memory analysis of each
 whole jitted train step (FLOPs, bytes accessed; argument, output, aliased and
-temporary bytes) and of our forward + backward and optimizer update alone.
+temporary bytes) and of our forward + backward and optimizer update alone;
+`--analyze grad` only the two forward + backward passes, `--dump-hlo DIR`
+writes each analysed program's optimized HLO for `benchmarks/hlo_bytes.py`,
+which splits the bytes by model region.
 
     PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/reference_compare.py \\
         --reference /work/refsrc/young-geng+m3ae_public --size small --analyze
@@ -59,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
     parser.add_argument("--dtype", default=None,
                         help="our dtype policy, e.g. mixed_bfloat16 (the reference is float32 only)")
+    parser.add_argument("--exact-gelu", action="store_true",
+                        help="our MLPs use the exact (erf) GELU of our recipe instead of the "
+                             "reference's tanh approximation")
     parser.add_argument("--analyze", nargs="?", const="all", choices=("all", "grad"),
                         help="print XLA cost and memory analysis of the JAX steps "
                              "(`grad`: of the two forward + backward passes only)")
@@ -222,7 +229,7 @@ def reference_step(ref, size, batch):
     return jitted, args, grad_fn
 
 
-def ours_jax(size, batch, dtype):
+def ours_jax(size, batch, dtype, exact_gelu=False):
     import common
     import keras
 
@@ -231,9 +238,11 @@ def ours_jax(size, batch, dtype):
     c = dict(common.SIZES[size], image_size=IMAGE_SIZE[size])
     width, depth, heads = c.pop("decoder")
     keras.utils.set_random_seed(0)
+    # The reference's MLPs use flax's default tanh GELU; ours the exact erf
+    # form unless told otherwise. Same model for the comparison by default.
     backbone = keras_m3ae.M3AEBackbone(
         vocabulary_size=common.VOCABULARY_SIZE, max_text_length=common.MAX_TEXT_LENGTH,
-        dtype=dtype, **c,
+        dtype=dtype, gelu_approximate=not exact_gelu, **c,
     )
     model = keras_m3ae.M3AEPretrainer(
         backbone, decoder_hidden_dim=width, decoder_num_layers=depth, decoder_num_heads=heads,
@@ -348,10 +357,11 @@ def run_jax(args):
 
     data = batch_arrays(args.batch, IMAGE_SIZE[args.size], common.MAX_TEXT_LENGTH,
                         common.VOCABULARY_SIZE)
-    model = ours_jax(args.size, args.batch, args.dtype)
+    model = ours_jax(args.size, args.batch, args.dtype, args.exact_gelu)
     jitted, ref_args, ref_grad_fn = reference_step(ref, args.size, data)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, size {args.size}, "
-          f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}: "
+          f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}, "
+          f"our GELU {'erf' if args.exact_gelu else 'tanh (as the reference)'}: "
           f"params ours {model.count_params() / 1e6:.2f} M, reference "
           f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M")
     if args.analyze:

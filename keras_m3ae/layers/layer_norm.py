@@ -13,14 +13,14 @@ class CenteredLayerNorm(keras.layers.LayerNormalization):
     as `keras.layers.LayerNormalization`. On JAX the normalisation over the
     last axis is written here as `c = x - mean(x)`, `c * rsqrt(mean(c**2) +
     eps) * gamma + beta`, instead of Keras's `x * inv + (beta - mean * inv)`
-    with a variance that computes the mean a second time. Both forms have
-    the same FLOPs, but Keras's backward pass has three paths from `x` to the
-    output (two means, the scaled `x`) where this one has one, and XLA's CPU
-    fusion (JAX 0.10) duplicates the residual stream's gradient into the
-    elementwise fusion of every later LayerNorm: each path shows up once per
-    block in each of those fusions. For the ViT-S M3AE step (256 px, decoder
-    512 x 8, batch 4) forward + backward reads and writes 13.07 GB with this
-    layer and 14.62 GB with Keras's (`benchmarks/hlo_bytes.py`). Other
+    with a variance that computes the mean a second time. Both forms cost
+    about the same FLOPs, but XLA's CPU fusion (JAX 0.10) copies the residual
+    stream's chain of gradient adds into the backward fusion of every
+    earlier LayerNorm instead of keeping it in memory once per block, and
+    Keras's form puts 7 arrays per norm into that chain where this one puts
+    2. For the ViT-S M3AE step (256 px, decoder 512 x 8, batch 4) this
+    layer alone took forward + backward from 14.62 to 13.07 GB read and
+    written (`benchmarks/hlo_bytes.py`, benchmarks/RESULTS.md). Other
     backends, other axes and the `center`/`scale`/`rms_scaling` variants use
     Keras's own code (torch's fused `layer_norm` kernel included).
 

@@ -95,10 +95,10 @@ def _gradient_bytes_accessed(stack, x):
 def test_jax_centered_layer_norm_moves_fewer_bytes_in_the_backward_pass(monkeypatch):
     from keras_m3ae import layers
 
-    # XLA's CPU fusion copies the residual gradient's chain of adds into every
-    # later LayerNorm's backward fusion; Keras's LayerNorm puts three terms
-    # per norm into that chain, ours one (6.3 % fewer bytes here, 10.6 % for
-    # the ViT-S M3AE step). Same values: tests/test_layers.py.
+    # XLA's CPU fusion copies the residual gradient's chain of adds into the
+    # backward fusion of every earlier LayerNorm; Keras's LayerNorm puts 7
+    # arrays per norm into that chain, ours 2 (6.3 % fewer bytes here, 10.6 %
+    # for the ViT-S M3AE step). Same values: tests/test_layers.py.
     x = np.random.default_rng(0).normal(size=(2, 33, 64)).astype("float32")
     ours = _gradient_bytes_accessed(layers.TransformerStack(4, 64, 4), x)
     monkeypatch.setattr(layers.CenteredLayerNorm, "call", keras.layers.LayerNormalization.call)

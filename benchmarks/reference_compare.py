@@ -5,8 +5,9 @@ the reference repository's own Flax model and losses (`m3ae/model.py`, imported
 from the checkout given with `--reference`; nothing is copied from it) with
 the optax AdamW of its `m3ae_main.py` (betas 0.9/0.95, weight decay 0.05 with
 its exclusions, global-norm clipping at 1e9, text loss weight 0.1; our
-pretrainer gets the same weights and AdamW). Both donate their training
-state, as the reference's `pmap` does and Keras's JAX trainer does.
+pretrainer gets the same weights and AdamW, and the reference's tanh GELU
+unless `--exact-gelu`). Both donate their training state, as the reference's
+`pmap` does and Keras's JAX trainer does.
 
 torch: our MAE (`vocabulary_size=None`) against transformers'
 `ViTMAEForPreTraining` (norm-pix loss on both), `torch.optim.AdamW`, at one
@@ -22,7 +23,10 @@ and the load average: how much of the machine the run had.
 
 With `--analyze` (JAX) it also prints XLA's cost and memory analysis of each
 whole jitted train step (FLOPs, bytes accessed; argument, output, aliased and
-temporary bytes) and of our forward + backward and optimizer update alone.
+temporary bytes) and of our forward + backward and optimizer update alone;
+`--analyze grad` only the two forward + backward passes, `--dump-hlo DIR`
+writes each analysed program's optimized HLO for `benchmarks/hlo_bytes.py`,
+which splits the bytes by model region.
 
     PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/reference_compare.py \\
         --reference /work/refsrc/young-geng+m3ae_public --size small --analyze
@@ -59,8 +63,17 @@ def parse_args(argv=None):
     parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
     parser.add_argument("--dtype", default=None,
                         help="our dtype policy, e.g. mixed_bfloat16 (the reference is float32 only)")
-    parser.add_argument("--analyze", action="store_true",
-                        help="print XLA cost and memory analysis of the JAX steps")
+    parser.add_argument("--exact-gelu", action="store_true",
+                        help="our MLPs use the exact (erf) GELU of our recipe instead of the "
+                             "reference's tanh approximation")
+    parser.add_argument("--analyze", nargs="?", const="all", choices=("all", "grad"),
+                        help="print XLA cost and memory analysis of the JAX steps "
+                             "(`grad`: of the two forward + backward passes only)")
+    parser.add_argument("--analyze-only", action="store_true",
+                        help="with --analyze: stop after the analysis (no timing)")
+    parser.add_argument("--dump-hlo", metavar="DIR",
+                        help="with --analyze: write each analysed step's optimized HLO to "
+                             "DIR/<name>.hlo.txt (read them with benchmarks/hlo_bytes.py)")
     return parser.parse_args(argv)
 
 
@@ -216,7 +229,7 @@ def reference_step(ref, size, batch):
     return jitted, args, grad_fn
 
 
-def ours_jax(size, batch, dtype):
+def ours_jax(size, batch, dtype, exact_gelu=False):
     import common
     import keras
 
@@ -225,9 +238,11 @@ def ours_jax(size, batch, dtype):
     c = dict(common.SIZES[size], image_size=IMAGE_SIZE[size])
     width, depth, heads = c.pop("decoder")
     keras.utils.set_random_seed(0)
+    # The reference's MLPs use flax's default tanh GELU; ours the exact erf
+    # form unless told otherwise. Same model for the comparison by default.
     backbone = keras_m3ae.M3AEBackbone(
         vocabulary_size=common.VOCABULARY_SIZE, max_text_length=common.MAX_TEXT_LENGTH,
-        dtype=dtype, **c,
+        dtype=dtype, gelu_approximate=not exact_gelu, **c,
     )
     model = keras_m3ae.M3AEPretrainer(
         backbone, decoder_hidden_dim=width, decoder_num_layers=depth, decoder_num_heads=heads,
@@ -274,7 +289,12 @@ def copied_mb(compiled):
     return total / 2**20
 
 
-def print_analysis(name, compiled):
+def print_analysis(name, compiled, dump_dir=None):
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        path = os.path.join(dump_dir, name.replace(":", "").replace(" + ", "_").replace(" ", "_"))
+        with open(path + ".hlo.txt", "w") as f:
+            f.write(compiled.as_text())
     flops, accessed = cost(compiled)
     mem = memory(compiled)
     print(f"  {name:34} {flops / 1e9:8.1f} GFLOP {accessed / 1e9:7.2f} GB accessed | "
@@ -282,15 +302,17 @@ def print_analysis(name, compiled):
           f"temp {mem['temp']:.0f} -> peak {mem['peak']:.0f} | copies {copied_mb(compiled):.0f} MB")
 
 
-def analyze_ours(model, data):
+def analyze_ours(model, data, parts="all", dump_dir=None):
     """Whole Keras train step, forward + backward alone, optimizer update alone."""
     import jax
 
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     arrays = jax.tree.map(jax.numpy.asarray, data)
-    print_analysis("ours: whole train step",
-                   jax.jit(model.train_step, donate_argnums=0).lower(state, (arrays, None, None)).compile())
+    if parts == "all":
+        step = jax.jit(model.train_step, donate_argnums=0)
+        print_analysis("ours: whole train step",
+                       step.lower(state, (arrays, None, None)).compile(), dump_dir)
     trainable, non_trainable = state[0], state[1]
 
     def loss_fn(trainable, non_trainable, x):
@@ -299,23 +321,29 @@ def analyze_ours(model, data):
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
     print_analysis("ours: forward + backward",
-                   grad_fn.lower(trainable, non_trainable, arrays).compile())
+                   grad_fn.lower(trainable, non_trainable, arrays).compile(), dump_dir)
+    if parts != "all":
+        return
     # Donated inputs in the order of the outputs: JAX pairs donated buffers
     # with outputs by shape in order, and a mismatched pairing costs copies.
     update = jax.jit(lambda t, o, g: model.optimizer.stateless_apply(o, g, t), donate_argnums=(0, 1))
     print_analysis("ours: optimizer update alone",
-                   update.lower(trainable, state[2], trainable).compile())
+                   update.lower(trainable, state[2], trainable).compile(), dump_dir)
 
 
-def analyze_reference(jitted, args, grad_fn):
+def analyze_reference(jitted, args, grad_fn, parts="all", dump_dir=None):
     import jax
 
-    print_analysis("reference: whole train step", jitted.lower(*args).compile())
+    if parts == "all":
+        print_analysis("reference: whole train step", jitted.lower(*args).compile(), dump_dir)
     state = args[0]
     print_analysis("reference: forward + backward",
-                   grad_fn.lower(state.params, *args[1:]).compile())
+                   grad_fn.lower(state.params, *args[1:]).compile(), dump_dir)
+    if parts != "all":
+        return
     update = jax.jit(lambda s, g: s.apply_gradients(grads=g), donate_argnums=(0,))
-    print_analysis("reference: optimizer update alone", update.lower(state, state.params).compile())
+    print_analysis("reference: optimizer update alone",
+                   update.lower(state, state.params).compile(), dump_dir)
 
 
 def run_jax(args):
@@ -329,16 +357,19 @@ def run_jax(args):
 
     data = batch_arrays(args.batch, IMAGE_SIZE[args.size], common.MAX_TEXT_LENGTH,
                         common.VOCABULARY_SIZE)
-    model = ours_jax(args.size, args.batch, args.dtype)
+    model = ours_jax(args.size, args.batch, args.dtype, args.exact_gelu)
     jitted, ref_args, ref_grad_fn = reference_step(ref, args.size, data)
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, size {args.size}, "
-          f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}: "
+          f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}, "
+          f"our GELU {'erf' if args.exact_gelu else 'tanh (as the reference)'}: "
           f"params ours {model.count_params() / 1e6:.2f} M, reference "
           f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M")
     if args.analyze:
         model.train_on_batch(data)  # builds the optimizer
-        analyze_ours(model, data)
-        analyze_reference(jitted, ref_args, ref_grad_fn)
+        analyze_ours(model, data, args.analyze, args.dump_hlo)
+        analyze_reference(jitted, ref_args, ref_grad_fn, args.analyze, args.dump_hlo)
+        if args.analyze_only:
+            return
 
     ref_state = list(ref_args)
 

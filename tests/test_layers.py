@@ -170,3 +170,30 @@ def test_token_dense_equals_dense_on_sequences():
         ops.convert_to_numpy(token_dense(x[0])), got[0], rtol=1e-5, atol=1e-6)
     restored = layers.TokenDense.from_config(token_dense.get_config())
     assert isinstance(restored, layers.TokenDense) and restored.units == 3
+
+
+def test_centered_layer_norm_equals_keras_layer_norm():
+    rng = np.random.default_rng(0)
+    # An offset far from zero: the two formulas round differently there.
+    x = (rng.normal(size=(2, 5, 8)) * 3 + 10).astype("float32")
+    norm = layers.CenteredLayerNorm(epsilon=1e-6)
+    keras_norm = keras.layers.LayerNormalization(epsilon=1e-6)
+    norm.build((None, None, 8))
+    keras_norm.build((None, None, 8))
+    norm.set_weights([rng.normal(size=8).astype("float32") for _ in range(2)])
+    keras_norm.set_weights(norm.get_weights())
+    got = ops.convert_to_numpy(norm(x))
+    np.testing.assert_allclose(got, ops.convert_to_numpy(keras_norm(x)), rtol=1e-5, atol=1e-5)
+    # By hand: (x - mean) / sqrt(var + eps) * gamma + beta.
+    gamma, beta = norm.get_weights()
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(got, (x - mean) / np.sqrt(var + 1e-6) * gamma + beta, rtol=1e-5, atol=1e-5)
+    # Mixed precision: float32 statistics, output in the compute dtype.
+    half = layers.CenteredLayerNorm(epsilon=1e-6, dtype="mixed_bfloat16")
+    half.build((None, None, 8))
+    half.set_weights(norm.get_weights())
+    out = half(ops.cast(x, "bfloat16"))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(out, "float32")), got, atol=0.1)
+    restored = layers.CenteredLayerNorm.from_config(norm.get_config())
+    assert isinstance(restored, layers.CenteredLayerNorm) and restored.epsilon == 1e-6

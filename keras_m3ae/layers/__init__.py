@@ -4,6 +4,7 @@ from keras_m3ae.layers.dense import TokenDense
 from keras_m3ae.layers.embedding import ClassToken
 from keras_m3ae.layers.embedding import PatchEmbedding
 from keras_m3ae.layers.embedding import PositionTypeEmbedding
+from keras_m3ae.layers.layer_norm import CenteredLayerNorm
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.masking import num_kept
 from keras_m3ae.layers.masking import random_masking

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_m3ae.layers.dense import TokenDense
+from keras_m3ae.layers.layer_norm import CenteredLayerNorm
 
 
 def _dense(units, name, dtype):
@@ -170,13 +171,13 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.gelu_approximate = gelu_approximate
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
+        self.norm1 = CenteredLayerNorm(
             epsilon=layer_norm_epsilon, name="norm1", dtype=policy
         )
         self.attention = MultiHeadSelfAttention(
             hidden_dim, num_heads, name=self.ATTENTION, dtype=policy
         )
-        self.norm2 = keras.layers.LayerNormalization(
+        self.norm2 = CenteredLayerNorm(
             epsilon=layer_norm_epsilon, name="norm2", dtype=policy
         )
         self.fc1 = _dense(int(hidden_dim * mlp_ratio), self.FC1, policy)
@@ -189,21 +190,36 @@ class TransformerBlock(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (int(self.hidden_dim * self.mlp_ratio),))
 
     def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+        # The residual stream stays `(tokens, width)` inside the block, the
+        # shape the 2-D matmuls of `TokenDense` take, so none of them reshapes
+        # it or its gradient. On JAX's CPU backend each such reshape was one
+        # more elementwise consumer into which XLA's fusion copied the whole
+        # chain of residual-gradient adds: 1.0 GB of the 14.6 GB a ViT-S M3AE
+        # step's forward + backward read (`benchmarks/hlo_bytes.py`).
+        shape = ops.shape(x)
+        tokens = ops.reshape(x, (-1, self.hidden_dim))
         h = self.attention(
-            self.norm1(x),
+            ops.reshape(self.norm1(tokens), shape),
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
         )
         if return_attention_scores:
             h, scores = h
-        x = x + self.drop_path(h, training=training)
+        tokens = tokens + self._drop_path(h, shape, training)
         # Exact (erf) GELU, as PyTorch MAE and Hugging Face ViTMAE use, unless
         # `gelu_approximate` (tanh form, flax's default: the reference M3AE).
         h = self.fc2(
-            keras.activations.gelu(self.fc1(self.norm2(x)), approximate=self.gelu_approximate)
+            keras.activations.gelu(self.fc1(self.norm2(tokens)), approximate=self.gelu_approximate)
         )
-        x = x + self.drop_path(h, training=training)
+        tokens = tokens + self._drop_path(h, shape, training)
+        x = ops.reshape(tokens, shape)
         return (x, scores) if return_attention_scores else x
+
+    def _drop_path(self, h, shape, training):
+        """A branch's output as `(tokens, width)`, dropped per example (which needs `shape`)."""
+        if training and self.drop_path_rate:
+            h = self.drop_path(ops.reshape(h, shape), training=training)
+        return ops.reshape(h, (-1, self.hidden_dim))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -283,7 +299,7 @@ class TransformerStack(keras.layers.Layer):
             )
             for i, rate in enumerate(rates)
         ]
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = CenteredLayerNorm(
             epsilon=layer_norm_epsilon, name="norm", dtype=self.dtype_policy
         )
 

@@ -38,6 +38,16 @@ def _marker_expression(args):
     return expression
 
 
+def _is_summary(line):
+    """Whether `line` is pytest's final count ("3 passed, 1 skipped in 2.50s").
+
+    Not simply the last line: xdist's workers can still write to the shared
+    stderr after it (TensorFlow's absl lines, seen in the torch pass).
+    """
+    return bool(re.search(r"\d+ (passed|failed|errors?|skipped|deselected)|no tests ran", line)
+                and re.search(r" in [\d.]+s\b", line))
+
+
 def _worker_args(args):
     """`-n` and `--dist` for this run, unless the user's arguments chose.
 
@@ -85,17 +95,17 @@ def main():
             [sys.executable, "-m", "pytest", "-q", *workers, *sys.argv[1:], *only_dependent],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        last = ""
+        summary = ""
         for line in proc.stdout:
             print(line, end="", flush=True)
-            if line.strip():
-                last = line
+            if _is_summary(line):
+                summary = line
         code = proc.wait()
         # 5: every test deselected (e.g. only backend-independent files asked for).
         if code != 0 and not (position > 0 and code == 5):
             failed_backends.append(backend)
         for key in totals:
-            found = re.search(rf"(\d+) {key}", last)
+            found = re.search(rf"(\d+) {key}", summary)
             totals[key] += int(found.group(1)) if found else 0
         print(f"({backend}: {time.time() - start:.0f} s)", flush=True)
     if cache:

@@ -17,7 +17,17 @@ def _share_jax_compilations():
     compilation would give. The cache lives in a temporary folder for this run
     only (nothing carries over between runs unless JAX_COMPILATION_CACHE_DIR
     is set); set before JAX is imported, and inherited by the subprocesses
-    that tests start (examples, multi-device checks).
+    that tests start (examples, multi-device checks) and by pytest-xdist's
+    workers (they start after this file has run in the controlling process).
+
+    Several processes write to it at once. JAX 0.10 writes an entry in
+    place, without a lock (one is taken only when
+    jax_compilation_cache_max_size is set, and then every write scans the
+    whole folder: thousands of entries here), so a reader can meet a
+    half-written entry. Entries are zlib streams: a truncated one, or one
+    mixed from two writers' different bytes, fails to decompress (the
+    stream's end and adler32 checksum are checked), and JAX then warns and
+    compiles afresh: a collision costs a compilation, never a wrong program.
     """
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         directory = tempfile.mkdtemp(prefix="m3ae_test_xla_cache_")

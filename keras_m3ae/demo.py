@@ -123,24 +123,16 @@ def evaluation_data(directory, vocabulary, num_examples=3072, seed=1):
         index into `shapes.COLORS`), `object_masks` (bool, per pixel) and
         `captions` (list of str).
     """
-    from keras_m3ae.analysis.visualization import to_pixels
     from keras_m3ae.data import shapes
+    from keras_m3ae.training.datasets import default_classification_data
 
-    shards = data.write_shapes_dataset(
-        os.path.join(directory, "evaluation"), num_examples=num_examples, image_size=IMAGE_SIZE,
-        seed=seed, overwrite=True, layout=LAYOUT,
+    result = default_classification_data(
+        num_examples, image_size=IMAGE_SIZE, max_text_length=TEXT_LENGTH, seed=seed,
+        vocabulary=vocabulary, directory=os.path.join(directory, "evaluation"), layout=LAYOUT,
     )
-    ds = demo_dataset(shards, vocabulary, 256, training=False, label_key="label",
-                      drop_remainder=False)
-    parts = {"images": [], "token_ids": [], "padding_mask": [], "labels": []}
-    for x, y in ds.as_numpy_iterator():
-        for key in ("images", "token_ids", "padding_mask"):
-            parts[key].append(x[key])
-        parts["labels"].append(y)
-    result = {k: np.concatenate(v) for k, v in parts.items()}
     result["captions"] = data.M3AETokenizer(vocabulary, TEXT_LENGTH).detokenize(result["token_ids"])
-    pixels = np.round(to_pixels(result["images"]) * 255).astype("uint8")
-    result["object_masks"] = shapes.object_mask(pixels, result["captions"])
+    result["object_masks"] = shapes.object_mask(result["images"], result["captions"])
+    result["images"] = np.asarray(data.normalize_image(result["images"].astype("float32")))
     names = list(shapes.COLORS)
     result["colours"] = np.asarray([names.index(c.split()[1]) for c in result["captions"]])
     return result

@@ -51,9 +51,10 @@ def _is_summary(line):
 def _worker_args(args):
     """`-n` and `--dist` for this run, unless the user's arguments chose.
 
-    Most of a pass is single-threaded (Python, tracing, compiling tiny
-    programs), so one worker per core nearly divides its time by the core
-    count. Whole files go to one worker (`loadfile`): their module-scoped
+    Much of a pass is single-threaded (Python, tracing, compiling tiny
+    programs), so a second worker uses the core one pass leaves idle (the
+    whole run on 2 cores: 1356 s serial, 999 s with 2 workers, measured on
+    different commits). Whole files go to one worker (`loadfile`): their module-scoped
     models are built once, and a test file's subprocesses never compete
     with its own other tests. More than 4 workers would mostly add startup
     time and memory (every worker imports TensorFlow, JAX and torch).

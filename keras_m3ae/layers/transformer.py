@@ -188,6 +188,9 @@ class TransformerBlock(keras.layers.Layer):
         for layer in (self.norm1, self.attention, self.norm2, self.fc1):
             layer.build(input_shape)
         self.fc2.build(tuple(input_shape[:-1]) + (int(self.hidden_dim * self.mlp_ratio),))
+        # Built although `call` skips it at rate 0: Keras's JAX `train_on_batch`
+        # traces the whole model again on every call while any layer is unbuilt.
+        self.drop_path.build(input_shape)
 
     def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
         # The residual stream stays `(tokens, width)` inside the block, the

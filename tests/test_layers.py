@@ -5,6 +5,7 @@ from keras import ops
 
 import numpy_reference as ref
 from keras_m3ae import layers
+from keras_m3ae.layers import transformer
 
 
 def test_sincos_2d_matches_specification():
@@ -91,11 +92,15 @@ def test_num_kept_follows_mae():
     assert layers.num_kept(10, 0.0) == 10
 
 
-def test_attention_fast_and_explicit_paths_agree_with_padding():
+def test_attention_fast_and_explicit_paths_agree_with_padding(monkeypatch):
     layer = layers.MultiHeadSelfAttention(16, 2)
     x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    # The default path: the explicit softmax on JAX's CPU, `dot_product_attention` elsewhere.
+    default = ops.convert_to_numpy(layer(x, attention_mask=mask))
+    monkeypatch.setattr(transformer, "_jax_on_cpu", lambda: False)
     fast = ops.convert_to_numpy(layer(x, attention_mask=mask))
+    np.testing.assert_allclose(default, fast, atol=1e-5)
     slow, scores = layer(x, attention_mask=mask, return_attention_scores=True)
     np.testing.assert_allclose(fast, ops.convert_to_numpy(slow), atol=1e-5)
     scores = ops.convert_to_numpy(scores)

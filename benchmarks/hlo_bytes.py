@@ -213,6 +213,28 @@ def breakdown(costs, by, depth=3):
     return totals
 
 
+def region_times(text, xplane_path, calls=1):
+    """Seconds per call by model region, from a `jax.profiler` trace of the module.
+
+    XLA's CPU runtime records one event per executed instruction (thunk),
+    named as in the optimized HLO `text`; events with other names (the
+    executor, Python) are left out. Returns (Counter {region: seconds per
+    call}, Counter {trace line (thread): seconds per call}).
+    """
+    from jax.profiler import ProfileData
+
+    instructions = {inst.name: inst for inst, _, _ in instruction_costs(text)}
+    regions, threads = collections.Counter(), collections.Counter()
+    for plane in ProfileData.from_file(xplane_path).planes:
+        for line in plane.lines:
+            for event in line.events:
+                inst = instructions.get(event.name)
+                if inst is not None:
+                    regions[region(inst)] += event.duration_ns / 1e9 / calls
+                    threads[line.name] += event.duration_ns / 1e9 / calls
+    return regions, threads
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+",

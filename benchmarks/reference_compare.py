@@ -26,7 +26,9 @@ whole jitted train step (FLOPs, bytes accessed; argument, output, aliased and
 temporary bytes) and of our forward + backward and optimizer update alone;
 `--analyze grad` only the two forward + backward passes, `--dump-hlo DIR`
 writes each analysed program's optimized HLO for `benchmarks/hlo_bytes.py`,
-which splits the bytes by model region.
+which splits the bytes by model region. `--profile CALLS` traces both forward
++ backward passes with `jax.profiler` and splits their time the same way (XLA's
+CPU runtime records each executed instruction).
 
     PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/reference_compare.py \\
         --reference /work/refsrc/young-geng+m3ae_public --size small --analyze
@@ -55,7 +57,8 @@ def parse_args(argv=None):
     parser.add_argument("--reference", help="path to a checkout of young-geng/m3ae_public")
     parser.add_argument("--size", default="small", choices=("tiny", "small", "base"))
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=6, help="blocks per contender")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="blocks per contender (0: no timing, e.g. with --profile)")
     parser.add_argument("--block-steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--backend", default="jax,torch",
@@ -71,6 +74,9 @@ def parse_args(argv=None):
                              "(`grad`: of the two forward + backward passes only)")
     parser.add_argument("--analyze-only", action="store_true",
                         help="with --analyze: stop after the analysis (no timing)")
+    parser.add_argument("--profile", type=int, default=0, metavar="CALLS",
+                        help="trace CALLS calls of each forward + backward pass with "
+                             "jax.profiler and print their time by model region")
     parser.add_argument("--dump-hlo", metavar="DIR",
                         help="with --analyze: write each analysed step's optimized HLO to "
                              "DIR/<name>.hlo.txt (read them with benchmarks/hlo_bytes.py)")
@@ -117,6 +123,8 @@ def report(times, batch, ours, peer):
 def compare(contenders, args, title):
     """Times `{ours, peer}` in alternating blocks and prints the figures."""
     ours, peer = contenders
+    if not args.rounds:
+        return
     cpu0, wall0 = time.process_time(), time.perf_counter()
     times = blocks(contenders, args.rounds, args.block_steps, args.warmup)
     print(f" {title}blocks of {args.block_steps} steps, {args.rounds} per contender, order flipping:")
@@ -346,6 +354,54 @@ def analyze_reference(jitted, args, grad_fn, parts="all", dump_dir=None):
                    update.lower(state, state.params).compile(), dump_dir)
 
 
+def profile_regions(model, data, ref_grad_fn, ref_args, calls):
+    """Both forward + backward passes traced; their thunk time by model region."""
+    import glob
+    import tempfile
+
+    import hlo_bytes
+    import jax
+
+    model.train_on_batch(data)  # builds everything
+    copy = lambda tree: jax.tree.map(jax.numpy.array, tree)  # noqa: E731
+    trainable = copy([v.value for v in model.trainable_variables])
+    non_trainable = copy([v.value for v in model.non_trainable_variables])
+    arrays = jax.tree.map(jax.numpy.asarray, data)
+
+    def loss_fn(trainable, non_trainable, x):
+        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return model.compute_losses(x, y)["loss"]
+
+    programs = {
+        "ours": (jax.jit(jax.value_and_grad(loss_fn)), (trainable, non_trainable, arrays)),
+        "reference": (ref_grad_fn, (copy(ref_args[0].params), *ref_args[1:])),
+    }
+    tables = {}
+    for name, (fn, fn_args) in programs.items():
+        compiled = fn.lower(*fn_args).compile()
+        for _ in range(2):
+            jax.block_until_ready(compiled(*fn_args))
+        with tempfile.TemporaryDirectory() as trace_dir:
+            start = time.perf_counter()
+            with jax.profiler.trace(trace_dir):
+                for _ in range(calls):
+                    jax.block_until_ready(compiled(*fn_args))
+            wall = (time.perf_counter() - start) / calls
+            path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
+            tables[name], threads = hlo_bytes.region_times(compiled.as_text(), path, calls)
+        busy = " + ".join(f"{t:.2f}" for t in sorted(threads.values(), reverse=True) if t > 0.0005)
+        print(f"  {name} forward + backward, {calls} traced calls: {wall:.3f} s per call "
+              f"(with tracing), instructions {sum(tables[name].values()):.3f} s on the "
+              f"executor threads ({busy} s)")
+    ours, ref = tables["ours"], tables["reference"]
+    print("  | region | ours ms | reference ms | ours - reference ms |\n  |---|---|---|---|")
+    for key in sorted(set(ours) | set(ref), key=lambda k: -abs(ours[k] - ref[k]))[:25]:
+        print(f"  | {key} | {ours[key] * 1e3:.1f} | {ref[key] * 1e3:.1f} | "
+              f"{(ours[key] - ref[key]) * 1e3:+.1f} |")
+    print(f"  | **total** | {sum(ours.values()) * 1e3:.0f} | {sum(ref.values()) * 1e3:.0f} | "
+          f"{(sum(ours.values()) - sum(ref.values())) * 1e3:+.0f} |")
+
+
 def run_jax(args):
     os.environ["KERAS_BACKEND"] = "jax"
     sys.path.insert(0, HERE)
@@ -370,6 +426,8 @@ def run_jax(args):
         analyze_reference(jitted, ref_args, ref_grad_fn, args.analyze, args.dump_hlo)
         if args.analyze_only:
             return
+    if args.profile:
+        profile_regions(model, data, ref_grad_fn, ref_args, args.profile)
 
     ref_state = list(ref_args)
 

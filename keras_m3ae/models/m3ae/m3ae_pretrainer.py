@@ -264,17 +264,20 @@ class M3AEPretrainer(keras.Model):
     def compute_losses(self, inputs, outputs):
         """Returns `{"loss", "image_loss"[, "text_loss", "text_accuracy"]}`."""
         patches = patchify(inputs["images"], self.backbone.patch_size)
-        image_loss = image_reconstruction_loss(
-            outputs["image_predictions"], patches, outputs["image_mask"], self.norm_pix_loss
-        )
+        # Named scopes: profiles and HLO metadata attribute the work to each loss.
+        with keras.name_scope("image_loss"):
+            image_loss = image_reconstruction_loss(
+                outputs["image_predictions"], patches, outputs["image_mask"], self.norm_pix_loss
+            )
         losses = {"image_loss": image_loss, "loss": self.image_loss_weight * image_loss}
         if self.backbone.has_text:
-            text_loss, accuracy = text_prediction_loss(
-                outputs["text_logits"],
-                inputs["token_ids"],
-                outputs["text_mask"],
-                reduction=self.text_loss_reduction,
-            )
+            with keras.name_scope("text_loss"):
+                text_loss, accuracy = text_prediction_loss(
+                    outputs["text_logits"],
+                    inputs["token_ids"],
+                    outputs["text_mask"],
+                    reduction=self.text_loss_reduction,
+                )
             losses.update(text_loss=text_loss, text_accuracy=accuracy)
             losses["loss"] = losses["loss"] + self.text_loss_weight * text_loss
         return losses

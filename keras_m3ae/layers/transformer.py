@@ -32,8 +32,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     backend has them). Asking for the attention scores, and JAX on CPU, take
     an explicit softmax in the reference's `(batch, heads, tokens, head_dim)`
     layout instead: XLA's CPU backend runs its batched matmuls faster than
-    the generic path of `dot_product_attention` (ViT-S decoder attention,
-    forward + backward: 3-9 % faster).
+    the generic path of `dot_product_attention` (attention forward + backward
+    at the ViT-S decoder's and ViT-B encoder's shapes: 1.2-1.3x faster,
+    `benchmarks/op_variants.py`).
 
     Args:
         hidden_dim: int. Width of the token vectors.

@@ -208,8 +208,9 @@ class TransformerBlock(keras.layers.Layer):
         for layer in (self.norm1, self.attention, self.norm2, self.fc1):
             layer.build(input_shape)
         self.fc2.build(tuple(input_shape[:-1]) + (int(self.hidden_dim * self.mlp_ratio),))
-        # Built although `call` skips it at rate 0: Keras's JAX `train_on_batch`
-        # traces the whole model again on every call while any layer is unbuilt.
+        # Built although `call` skips it at rate 0: while any layer is unbuilt,
+        # Keras's trainers build the model again before every `train_on_batch`
+        # (on JAX a whole trace of the model, on every backend).
         self.drop_path.build(input_shape)
 
     def call(self, x, attention_mask=None, training=False, return_attention_scores=False):

@@ -174,7 +174,7 @@ REGIONS = [
     (r"decoder[/_](?:image_head|image_output)", "image head"),
     (r"decoder[/_]input_projection", "decoder input projection"),
     (r"log_softmax|cross_entropy|text_loss", "text loss (log-softmax)"),
-    (r"image_loss|patch_mse", "image loss"),
+    (r"image_loss", "image loss"),
     (r"take_along_axis|gather|scatter|argsort|sort|decoder/jit\(_where",
      "masking, gathers, mask tokens"),
     (r"_uniform|threefry|random|_bits", "random numbers"),

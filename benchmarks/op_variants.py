@@ -6,11 +6,11 @@ current backend (interleaved calls, fastest and median, and the largest
 difference of values and gradients).
 
 - `attention`: `keras.ops.dot_product_attention` in `(batch, tokens, heads,
-  head_dim)` layout against the explicit softmax in `(batch, heads, tokens,
-  head_dim)` layout that `MultiHeadSelfAttention` uses on JAX's CPU.
+  head_dim)` layout against the library's `softmax_attention` (heads first),
+  which `MultiHeadSelfAttention` uses on JAX's CPU.
 - `text-loss`: `keras.ops.sparse_categorical_crossentropy` (log-softmax and
-  one-hot) against log-sum-exp minus the target's logit, as
-  `text_prediction_loss` computes it.
+  one-hot) against the library's `token_cross_entropy` (log-sum-exp minus
+  the target's logit), which `text_prediction_loss` uses.
 
     KERAS_BACKEND=jax python benchmarks/op_variants.py attention --shape 4 321 512 16
     KERAS_BACKEND=torch python benchmarks/op_variants.py text-loss
@@ -24,6 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_m3ae.layers.transformer import softmax_attention
+from keras_m3ae.models.m3ae.m3ae_losses import token_cross_entropy
+
 
 def attention_variants(batch, tokens, width, heads, masked):
     rng = np.random.default_rng(0)
@@ -36,12 +39,7 @@ def attention_variants(batch, tokens, width, heads, masked):
         return ops.dot_product_attention(q, k, v, mask=mask)
 
     def explicit(qkv):
-        t = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        q, k, v = t[0], t[1], t[2]
-        logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) / np.sqrt(head_dim).astype("float32")
-        if mask is not None:
-            logits = ops.where(mask, logits, -1e9)
-        return ops.swapaxes(ops.matmul(ops.softmax(logits, axis=-1), v), 1, 2)
+        return softmax_attention(qkv, mask)[0]
 
     return {"dot_product_attention": fused, "explicit, heads first": explicit}, qkv
 
@@ -55,8 +53,7 @@ def text_loss_variants(batch, tokens, vocabulary):
         return ops.sparse_categorical_crossentropy(ids, logits, from_logits=True)
 
     def logsumexp(logits):
-        target = ops.take_along_axis(logits, ops.convert_to_tensor(ids)[..., None], axis=-1)
-        return ops.logsumexp(logits, axis=-1) - target[..., 0]
+        return token_cross_entropy(logits, ids)
 
     return {"one-hot cross-entropy": one_hot, "logsumexp - target": logsumexp}, logits
 

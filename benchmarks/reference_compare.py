@@ -310,6 +310,17 @@ def print_analysis(name, compiled, dump_dir=None):
           f"temp {mem['temp']:.0f} -> peak {mem['peak']:.0f} | copies {copied_mb(compiled):.0f} MB")
 
 
+def our_grad_fn(model):
+    """Our forward + backward alone: jitted `value_and_grad` of the loss over the variables."""
+    import jax
+
+    def loss_fn(trainable, non_trainable, x):
+        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return model.compute_losses(x, y)["loss"]
+
+    return jax.jit(jax.value_and_grad(loss_fn))
+
+
 def analyze_ours(model, data, parts="all", dump_dir=None):
     """Whole Keras train step, forward + backward alone, optimizer update alone."""
     import jax
@@ -322,12 +333,7 @@ def analyze_ours(model, data, parts="all", dump_dir=None):
         print_analysis("ours: whole train step",
                        step.lower(state, (arrays, None, None)).compile(), dump_dir)
     trainable, non_trainable = state[0], state[1]
-
-    def loss_fn(trainable, non_trainable, x):
-        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        return model.compute_losses(x, y)["loss"]
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    grad_fn = our_grad_fn(model)
     print_analysis("ours: forward + backward",
                    grad_fn.lower(trainable, non_trainable, arrays).compile(), dump_dir)
     if parts != "all":
@@ -367,13 +373,8 @@ def profile_regions(model, data, ref_grad_fn, ref_args, calls):
     trainable = copy([v.value for v in model.trainable_variables])
     non_trainable = copy([v.value for v in model.non_trainable_variables])
     arrays = jax.tree.map(jax.numpy.asarray, data)
-
-    def loss_fn(trainable, non_trainable, x):
-        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        return model.compute_losses(x, y)["loss"]
-
     programs = {
-        "ours": (jax.jit(jax.value_and_grad(loss_fn)), (trainable, non_trainable, arrays)),
+        "ours": (our_grad_fn(model), (trainable, non_trainable, arrays)),
         "reference": (ref_grad_fn, (copy(ref_args[0].params), *ref_args[1:])),
     }
     tables = {}

@@ -21,6 +21,34 @@ def _dense(units, name, dtype):
     return TokenDense(units, kernel_initializer="glorot_uniform", name=name, dtype=dtype)
 
 
+def softmax_attention(qkv, mask=None):
+    """Attention with an explicit float32 softmax, computed heads first.
+
+    Args:
+        qkv: `(batch, tokens, 3, heads, head_dim)` queries, keys and values.
+        mask: optional bool, broadcastable to `(batch, heads, queries, keys)`;
+            False keys get no attention.
+
+    Returns:
+        `(outputs, scores)`: `(batch, tokens, heads, head_dim)` in the
+        dtype of `qkv`, and the float32 scores `(batch, heads, queries, keys)`.
+
+    Example:
+    >>> out, scores = softmax_attention(np.ones((2, 5, 3, 4, 8), "float32"))
+    >>> out.shape, scores.shape
+    ((2, 5, 4, 8), (2, 4, 5, 5))
+    """
+    # (3, batch, heads, tokens, head_dim): both matmuls batch over leading axes.
+    qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) / ops.sqrt(ops.cast(q.shape[-1], q.dtype))
+    if mask is not None:
+        logits = ops.where(mask, logits, ops.cast(-1e9, logits.dtype))
+    scores = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+    out = ops.matmul(ops.cast(scores, v.dtype), v)
+    return ops.swapaxes(out, 1, 2), scores
+
+
 @keras.saving.register_keras_serializable(package="keras_m3ae")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Self-attention with one fused query/key/value projection.
@@ -75,26 +103,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             # Key mask (batch, keys) -> (batch, heads, queries, keys).
             mask = ops.cast(attention_mask, "bool")[:, None, None, :]
         if return_attention_scores or _jax_on_cpu():
-            out, scores = self._softmax_attention(qkv, mask)
+            out, scores = softmax_attention(qkv, mask)
         else:
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             out = ops.dot_product_attention(q, k, v, mask=mask)
         out = self.proj(ops.reshape(out, (-1, x.shape[1], self.hidden_dim)))
         return (out, scores) if return_attention_scores else out
-
-    def _softmax_attention(self, qkv, mask):
-        """Output `(batch, tokens, heads, head_dim)` and float32 scores `(batch, heads, q, k)`."""
-        # (3, batch, heads, tokens, head_dim): both matmuls batch over leading axes.
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) / ops.sqrt(
-            ops.cast(self.head_dim, q.dtype)
-        )
-        if mask is not None:
-            logits = ops.where(mask, logits, ops.cast(-1e9, logits.dtype))
-        scores = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-        out = ops.matmul(ops.cast(scores, v.dtype), v)
-        return ops.swapaxes(out, 1, 2), scores
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -114,6 +114,80 @@ def test_attention_fast_and_explicit_paths_agree_with_padding(monkeypatch):
     )
 
 
+def _block_outputs_and_grads(block, x, mask, training):
+    """On torch: the block's output, and the gradients of its squared sum w.r.t. `x` and weights."""
+    import torch
+
+    for v in block.trainable_weights:
+        v.value.grad = None
+    x = torch.tensor(x, requires_grad=True)
+    y = block(x, attention_mask=mask, training=training)
+    assert keras.backend.standardize_dtype(y.dtype) == block.compute_dtype
+    ops.sum(ops.square(ops.cast(y, "float32"))).backward()
+    grads = [ops.convert_to_numpy(v.value.grad) for v in block.trainable_weights]
+    return ops.convert_to_numpy(ops.cast(y, "float32")), ops.convert_to_numpy(x.grad), grads
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("gelu_approximate", [False, True])
+def test_torch_block_path_matches_the_keras_layers(monkeypatch, dtype, gelu_approximate):
+    from keras_m3ae.layers import torch_block
+
+    keras.utils.set_random_seed(0)
+    block = layers.TransformerBlock(16, 2, drop_path_rate=0.5, gelu_approximate=gelu_approximate, dtype=dtype)
+    block.build((3, 5, 16))
+    for v in block.trainable_weights:  # no zero biases or unit gammas: every weight counts
+        v.assign(v + np.random.default_rng(1).normal(0, 0.1, v.shape))
+    x = np.random.default_rng(2).normal(size=(3, 5, 16)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    state = ops.convert_to_numpy(block.drop_path.seed_generator.state)
+    taken = []
+    monkeypatch.setattr(torch_block, "call", lambda *a, _call=torch_block.call: taken.append(1) or _call(*a))
+    results = {}
+    for path in ("torch", "keras"):
+        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
+        for training in (False, True):
+            block.drop_path.seed_generator.state.assign(state)  # the same examples dropped
+            results[path, training] = _block_outputs_and_grads(block, x, mask, training)
+    assert len(taken) == 2  # the torch path ran, once per `training`
+
+    def assert_close(a, b):
+        if dtype == "float32":
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        else:  # bfloat16's 8 bits: the fused bias add rounds once where Keras rounds twice
+            np.testing.assert_allclose(a, b, rtol=0, atol=2**-5 * np.abs(b).max())
+
+    for training in (False, True):
+        fast, slow = results["torch", training], results["keras", training]
+        for a, b in zip([fast[0], fast[1], *fast[2]], [slow[0], slow[1], *slow[2]]):
+            assert_close(a, b)
+    # Drop path ran on the torch path: training changed the output, and
+    # padded keys (example 0's last two tokens) never reached the others.
+    assert not np.allclose(results["torch", True][0], results["torch", False][0])
+    x2 = x.copy()
+    x2[0, 3:] += 5.0
+    monkeypatch.setattr(transformer, "_torch_backend", lambda: True)
+    y2 = ops.convert_to_numpy(ops.cast(block(x2, attention_mask=mask), "float32"))
+    np.testing.assert_allclose(y2[0, :3], results["torch", False][0][0, :3], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
+def test_torch_block_path_leaves_other_layer_settings_to_keras():
+    from keras_m3ae.layers import torch_block
+
+    block = layers.TransformerBlock(16, 2)
+    block.build((2, 5, 16))
+    assert torch_block.supports(block)
+    block.fc1.enable_lora(2)  # LoRA reads through `Dense.kernel`: still the torch path
+    assert torch_block.supports(block)
+    block.norm2.rms_scaling = True
+    assert not torch_block.supports(block)
+    block.norm2.rms_scaling = False
+    block.fc2.activation = keras.activations.relu
+    assert not torch_block.supports(block)
+
+
 def test_attention_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible by `num_heads`"):
         layers.MultiHeadSelfAttention(10, 3)

@@ -15,6 +15,11 @@ def _jax_on_cpu():
     return keras.config.backend() == "jax" and keras.distribution.list_devices()[0].startswith("cpu")
 
 
+@functools.cache
+def _torch_backend():
+    return keras.config.backend() == "torch"
+
+
 def _dense(units, name, dtype):
     # MAE and the reference M3AE initialise every linear layer Xavier-uniform
     # with zero bias.
@@ -228,6 +233,13 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path.build(input_shape)
 
     def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+        if _torch_backend() and not return_attention_scores:
+            from keras_m3ae.layers import torch_block
+
+            if torch_block.supports(self):
+                # Eager torch: the same block in torch ops, without the
+                # Python of 7 Keras layer calls (see `torch_block`).
+                return torch_block.call(self, x, attention_mask, training)
         # The residual stream stays `(tokens, width)` inside the block, the
         # shape the 2-D matmuls of `TokenDense` take, so none of them reshapes
         # it or its gradient. On JAX's CPU backend each such reshape was one

@@ -1,0 +1,117 @@
+"""The torch backend's `TransformerBlock` forward, written in torch ops.
+
+The one torch-specific piece of the model. On the torch backend Keras runs
+eagerly, and every `Layer.__call__` (~235 us) and `keras.ops` call (~30 us
+of dtype and conversion checks) is Python time on top of its kernel: a
+block made of 7 Keras layers took ~5 ms per forward at the `tiny`
+benchmark size, mostly Python, and a ViT-S MAE forward spent 113 ms in
+Python against 27 ms in transformers' ViTMAE (`benchmarks/profile_step.py`). This module
+computes the same block, from the same variables, with one torch call per
+kernel, as torch models are written.
+
+It reads each sub-layer's weights through Keras (`layer.kernel`, `.value`),
+so autocast (mixed precision), stateless scopes, LoRA and the trainers'
+gradients all see the usual variables; sub-layers that Keras would compute
+differently (quantized or activated `Dense`, non-default LayerNorm) keep the
+Keras path (`supports`). `tests/test_layers.py` holds both paths to the same
+outputs and gradients, in float32 and mixed bfloat16.
+"""
+
+import keras
+import torch
+import torch.nn.functional as F
+
+
+def _value(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _plain_dense(layer):
+    return (
+        layer.quantization_mode is None
+        and layer.bias is not None
+        and layer.activation in (None, keras.activations.linear)
+    )
+
+
+def _plain_norm(layer):
+    return (
+        layer.center
+        and layer.scale
+        and not layer.rms_scaling
+        and layer.axis in (-1, [-1])
+    )
+
+
+def supports(block):
+    """Whether `call(block, ...)` computes what the block's Keras layers do."""
+    attention = block.attention
+    return (
+        all(_plain_dense(d) for d in (attention.qkv, attention.proj, block.fc1, block.fc2))
+        and _plain_norm(block.norm1)
+        and _plain_norm(block.norm2)
+    )
+
+
+def _dense(layer, x):
+    # One GEMM with the bias in it, as `torch.nn.Linear` runs it (Keras adds
+    # the bias in a second pass over the output: 25 ms of a ViT-B forward).
+    # In bfloat16 the fused form rounds once where Keras rounds twice.
+    return torch.addmm(_value(layer.bias), x, _value(layer.kernel))
+
+
+def _norm(layer, x):
+    # Keras normalises in at least float32 and returns the compute dtype.
+    x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    out = F.layer_norm(
+        x32,
+        (x.shape[-1],),
+        _value(layer.gamma).to(x32.dtype),
+        _value(layer.beta).to(x32.dtype),
+        layer.epsilon,
+    )
+    return out.to(x.dtype)
+
+
+def _attention(layer, x, batch, length, attention_mask):
+    qkv = _dense(layer.qkv, x).view(batch, length, 3, layer.num_heads, layer.head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask, device=x.device).bool()[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _dense(layer.proj, out.transpose(1, 2).reshape(batch * length, layer.hidden_dim))
+
+
+def call(block, x, attention_mask=None, training=False):
+    """`TransformerBlock.call` without attention scores, in torch ops.
+
+    Args:
+        block: a built `TransformerBlock` for which `supports(block)`.
+        x: `(batch, tokens, hidden_dim)` tensor in the compute dtype.
+        attention_mask: optional `(batch, tokens)` key mask.
+        training: bool; drop path is applied (by the block's `DropPath`) only
+            when training with a non-zero rate.
+
+    Returns:
+        The block's output, shaped and typed like `x`.
+    """
+    if not isinstance(x, torch.Tensor):  # `stateless_call` passes inputs as given
+        x = keras.ops.convert_to_tensor(x)
+    batch, length, width = x.shape
+    shape = (batch, length, width)
+
+    def drop_path(h):
+        if training and block.drop_path_rate:
+            h = block.drop_path(h.view(shape), training=True).reshape(-1, width)
+        return h
+
+    tokens = x.reshape(-1, width)
+    h = _attention(block.attention, _norm(block.norm1, tokens), batch, length, attention_mask)
+    tokens = tokens + drop_path(h)
+    h = F.gelu(
+        _dense(block.fc1, _norm(block.norm2, tokens)),
+        approximate="tanh" if block.gelu_approximate else "none",
+    )
+    tokens = tokens + drop_path(_dense(block.fc2, h))
+    return tokens.view(shape)

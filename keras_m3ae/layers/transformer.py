@@ -168,6 +168,11 @@ class DropPath(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-LayerNorm ViT block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
 
+    On the torch backend the forward runs as plain torch ops on the same
+    variables (`keras_m3ae.layers.torch_block`: eager Keras's per-layer
+    Python was most of a small block's time); asking for attention scores
+    takes the Keras layers.
+
     Args:
         hidden_dim: int. Width of the token vectors.
         num_heads: int. Attention heads.

@@ -186,6 +186,16 @@ def test_torch_block_path_leaves_other_layer_settings_to_keras():
     block.norm2.rms_scaling = False
     block.fc2.activation = keras.activations.relu
     assert not torch_block.supports(block)
+    block.fc2.activation = keras.activations.linear
+    assert torch_block.supports(block)
+
+    class ScaledAttention(layers.MultiHeadSelfAttention):  # a subclass may compute otherwise
+        pass
+
+    other = layers.TransformerBlock(16, 2)
+    other.attention = ScaledAttention(16, 2)
+    other.build((2, 5, 16))
+    assert not torch_block.supports(other)
 
 
 def test_attention_rejects_indivisible_heads():

@@ -12,14 +12,18 @@ kernel, as torch models are written.
 It reads each sub-layer's weights through Keras (`layer.kernel`, `.value`),
 so autocast (mixed precision), stateless scopes, LoRA and the trainers'
 gradients all see the usual variables; sub-layers that Keras would compute
-differently (quantized or activated `Dense`, non-default LayerNorm) keep the
-Keras path (`supports`). `tests/test_layers.py` holds both paths to the same
+differently (subclasses, quantized or activated `Dense`, non-default
+LayerNorm) keep the Keras path (`supports`). `tests/test_layers.py` holds both paths to the same
 outputs and gradients, in float32 and mixed bfloat16.
 """
 
 import keras
 import torch
 import torch.nn.functional as F
+
+from keras_m3ae.layers.dense import TokenDense
+from keras_m3ae.layers.layer_norm import CenteredLayerNorm
+from keras_m3ae.layers.transformer import MultiHeadSelfAttention
 
 
 def _value(variable):
@@ -28,7 +32,8 @@ def _value(variable):
 
 def _plain_dense(layer):
     return (
-        layer.quantization_mode is None
+        type(layer) in (TokenDense, keras.layers.Dense)  # a subclass may compute otherwise
+        and layer.quantization_mode is None
         and layer.bias is not None
         and layer.activation in (None, keras.activations.linear)
     )
@@ -36,7 +41,8 @@ def _plain_dense(layer):
 
 def _plain_norm(layer):
     return (
-        layer.center
+        type(layer) in (CenteredLayerNorm, keras.layers.LayerNormalization)
+        and layer.center
         and layer.scale
         and not layer.rms_scaling
         and layer.axis in (-1, [-1])
@@ -47,16 +53,18 @@ def supports(block):
     """Whether `call(block, ...)` computes what the block's Keras layers do."""
     attention = block.attention
     return (
-        all(_plain_dense(d) for d in (attention.qkv, attention.proj, block.fc1, block.fc2))
+        type(attention) is MultiHeadSelfAttention
+        and all(_plain_dense(d) for d in (attention.qkv, attention.proj, block.fc1, block.fc2))
         and _plain_norm(block.norm1)
         and _plain_norm(block.norm2)
     )
 
 
 def _dense(layer, x):
-    # One GEMM with the bias in it, as `torch.nn.Linear` runs it (Keras adds
-    # the bias in a second pass over the output: 25 ms of a ViT-B forward).
-    # In bfloat16 the fused form rounds once where Keras rounds twice.
+    # One GEMM with the bias in it, as `torch.nn.Linear` runs it; Keras adds
+    # the bias in a second pass over the output (ViT-B forward, one thread:
+    # add + copy kernels 34 -> 26 ms). In bfloat16 the fused form rounds
+    # once where Keras rounds twice.
     return torch.addmm(_value(layer.bias), x, _value(layer.kernel))
 
 

@@ -15,8 +15,8 @@ def _jax_on_cpu():
     return keras.config.backend() == "jax" and keras.distribution.list_devices()[0].startswith("cpu")
 
 
-@functools.cache
 def _torch_backend():
+    # Not cached: torch.compile warns about tracing through `functools.cache`.
     return keras.config.backend() == "torch"
 
 

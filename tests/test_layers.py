@@ -173,14 +173,24 @@ def test_torch_block_path_matches_the_keras_layers(monkeypatch, dtype, gelu_appr
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
-def test_torch_block_path_leaves_other_layer_settings_to_keras():
+def test_torch_block_path_leaves_other_layer_settings_to_keras(monkeypatch):
     from keras_m3ae.layers import torch_block
 
     block = layers.TransformerBlock(16, 2)
     block.build((2, 5, 16))
     assert torch_block.supports(block)
-    block.fc1.enable_lora(2)  # LoRA reads through `Dense.kernel`: still the torch path
+    # LoRA reads through `Dense.kernel`: still the torch path, with the same result.
+    block.fc1.enable_lora(2)
+    block.fc1.lora_kernel_b.assign(np.random.default_rng(0).normal(0, 1, (2, 64)))
     assert torch_block.supports(block)
+    x = np.random.default_rng(1).normal(size=(2, 5, 16)).astype("float32")
+    outputs = {}
+    for path in ("torch", "keras"):
+        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
+        outputs[path] = ops.convert_to_numpy(block(x))
+    monkeypatch.setattr(block.fc1, "lora_enabled", False)  # the adapter changes the output
+    assert not np.allclose(ops.convert_to_numpy(block(x)), outputs["keras"], atol=1e-3)
+    np.testing.assert_allclose(outputs["torch"], outputs["keras"], rtol=1e-5, atol=1e-6)
     block.norm2.rms_scaling = True
     assert not torch_block.supports(block)
     block.norm2.rms_scaling = False

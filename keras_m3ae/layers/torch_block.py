@@ -4,17 +4,19 @@ The one torch-specific piece of the model. On the torch backend Keras runs
 eagerly, and every `Layer.__call__` (~235 us) and `keras.ops` call (~30 us
 of dtype and conversion checks) is Python time on top of its kernel: a
 block made of 7 Keras layers took ~5 ms per forward at the `tiny`
-benchmark size, mostly Python, and a ViT-S MAE forward spent 113 ms in
-Python against 27 ms in transformers' ViTMAE (`benchmarks/profile_step.py`). This module
-computes the same block, from the same variables, with one torch call per
-kernel, as torch models are written.
+benchmark size, mostly Python, and a ViT-S MAE forward spent 113 ms
+outside its kernels against 27 ms in transformers' ViTMAE
+(`benchmarks/profile_step.py`). This module computes the same block, from
+the same variables, with one torch call per kernel, as torch models are
+written.
 
 It reads each sub-layer's weights through Keras (`layer.kernel`, `.value`),
 so autocast (mixed precision), stateless scopes, LoRA and the trainers'
 gradients all see the usual variables; sub-layers that Keras would compute
 differently (subclasses, quantized or activated `Dense`, non-default
-LayerNorm) keep the Keras path (`supports`). `tests/test_layers.py` holds both paths to the same
-outputs and gradients, in float32 and mixed bfloat16.
+LayerNorm) keep the Keras path (`supports`). `tests/test_layers.py` holds
+both paths to the same outputs and gradients, in float32 and mixed
+bfloat16.
 """
 
 import keras

@@ -208,6 +208,22 @@ def test_torch_block_path_leaves_other_layer_settings_to_keras(monkeypatch):
     assert not torch_block.supports(other)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
+def test_torch_block_path_reads_stateless_variables():
+    block = layers.TransformerBlock(16, 2)
+    block.build((2, 5, 16))
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+    rng = np.random.default_rng(1)
+    values = [ops.convert_to_numpy(v) + rng.normal(0, 0.1, v.shape).astype("float32")
+              for v in block.trainable_variables]
+    stateless, _ = block.stateless_call(values, [], x)  # numpy input, as stateless_call passes it
+    before = ops.convert_to_numpy(block(x))
+    for v, value in zip(block.trainable_variables, values):
+        v.assign(value)
+    np.testing.assert_allclose(ops.convert_to_numpy(stateless), ops.convert_to_numpy(block(x)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ops.convert_to_numpy(stateless), before, atol=1e-3)
+
+
 def test_attention_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible by `num_heads`"):
         layers.MultiHeadSelfAttention(10, 3)

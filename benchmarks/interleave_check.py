@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ["KERAS_BACKEND"] = "jax"  # both programs are JAX, whatever the shell says
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 

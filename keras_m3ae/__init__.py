@@ -2,6 +2,9 @@
 
 # First, so `python -m keras_m3ae` can load TensorFlow before the rest does.
 from keras_m3ae import _startup  # noqa: F401
+
+# Before anything compiles: XLA reads XLA_FLAGS at its first compilation.
+from keras_m3ae import _xla_flags  # noqa: F401
 from keras_m3ae import analysis
 from keras_m3ae import convert
 from keras_m3ae import data

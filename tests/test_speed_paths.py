@@ -1,5 +1,6 @@
 """Speed paths: backend-specific pieces that must not change results."""
 
+import os
 import re
 
 import keras
@@ -124,3 +125,55 @@ def test_jax_centered_layer_norm_moves_fewer_bytes_in_the_backward_pass(monkeypa
     monkeypatch.setattr(layers.CenteredLayerNorm, "call", keras.layers.LayerNormalization.call)
     keras_norm = _gradient_bytes_accessed(layers.TransformerStack(4, 64, 4), x)
     assert ours < 0.97 * keras_norm, (ours, keras_norm)
+
+
+@pytest.mark.parametrize(
+    "backend, jaxlib_version, environ, expected",
+    [
+        ("jax", "0.10.2", {}, True),
+        ("jax", "0.10.2", {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, True),
+        # The user's own value wins; so does the opt-out.
+        ("jax", "0.10.2", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=reduce"}, False),
+        ("jax", "0.10.2", {"KERAS_M3AE_KEEP_XLA_FLAGS": "1"}, False),
+        # Versions it was not measured on: an unknown flag would stop XLA.
+        ("jax", "0.10.1", {}, False),
+        ("jax", "0.11.0", {}, False),
+        ("tensorflow", None, {}, False),
+        ("torch", None, {}, False),
+    ],
+)
+def test_xla_flag_is_wanted_only_for_measured_jaxlib_and_unset_flags(
+    backend, jaxlib_version, environ, expected
+):
+    from keras_m3ae import _xla_flags
+
+    assert _xla_flags.wanted(backend, jaxlib_version, environ) is expected
+
+
+@jax_only
+def test_importing_the_package_keeps_column_reductions_out_of_ynnpack():
+    """In a fresh process: the flag is added to the user's flags and takes effect."""
+    import subprocess
+    import sys
+
+    from keras_m3ae import _xla_flags
+
+    if not _xla_flags.wanted("jax", __import__("jaxlib").__version__, {}):
+        pytest.skip("jaxlib version not covered by keras_m3ae._xla_flags")
+    script = (
+        "import os, jax, numpy as np\n"
+        "import keras_m3ae\n"
+        "x = np.ones((512, 300), 'float32')\n"
+        "hlo = jax.jit(lambda x: x.sum(0)).lower(x).compile().as_text()\n"
+        "print(os.environ['XLA_FLAGS'], jax.device_count(), '__ynn_fusion' in hlo)\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env.pop("KERAS_M3AE_KEEP_XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["--xla_force_host_platform_device_count=2", _xla_flags.FLAG, "2", "False"]
+    # The same program without the flag does use YNNPACK: the check above can fail.
+    env["KERAS_M3AE_KEEP_XLA_FLAGS"] = "1"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["--xla_force_host_platform_device_count=2", "2", "True"]

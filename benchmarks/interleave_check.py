@@ -43,9 +43,10 @@ OURS, TOB, REF = "ours: compiled step", "ours: train_on_batch", "reference"
 
 def contenders(size, batch, reference_path):
     """{name: step()} and, for tracing, {name: (compiled program, step)} of the two programs."""
-    ref = rc.import_reference(reference_path)
-    import common
+    import common  # keras_m3ae (and its XLA flag) before the reference compiles anything
     import jax
+
+    ref = rc.import_reference(reference_path)
 
     data = rc.batch_arrays(batch, rc.IMAGE_SIZE[size], common.MAX_TEXT_LENGTH,
                            common.VOCABULARY_SIZE)

@@ -406,9 +406,12 @@ def profile_regions(model, data, ref_grad_fn, ref_args, calls):
 def run_jax(args):
     os.environ["KERAS_BACKEND"] = "jax"
     sys.path.insert(0, HERE)
-    ref = import_reference(args.reference)
+    # keras_m3ae first: its XLA flag (`keras_m3ae/_xla_flags.py`) must be in
+    # XLA_FLAGS before the first compilation, which importing the reference can do.
     import common
     import jax
+
+    ref = import_reference(args.reference)
 
     import keras_m3ae  # noqa: F401
 
@@ -420,7 +423,8 @@ def run_jax(args):
           f"{IMAGE_SIZE[args.size]} px, batch {args.batch}, dtype {args.dtype or 'float32'}, "
           f"our GELU {'erf' if args.exact_gelu else 'tanh (as the reference)'}: "
           f"params ours {model.count_params() / 1e6:.2f} M, reference "
-          f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M")
+          f"{sum(x.size for x in jax.tree.leaves(ref_args[0].params)) / 1e6:.2f} M; "
+          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
     if args.analyze:
         model.train_on_batch(data)  # builds the optimizer
         analyze_ours(model, data, args.analyze, args.dump_hlo)

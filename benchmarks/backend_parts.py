@@ -23,8 +23,9 @@ core for steady figures:
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+import per_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -109,19 +110,8 @@ def main():
     if args.worker:
         return worker(args)
 
-    forwarded = [a for a in sys.argv[1:] if not a.startswith("--backends")]
-    if "--backends" in sys.argv:
-        del forwarded[forwarded.index(args.backends)]
-    results = {}
-    for backend in args.backends.split(","):
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"] + forwarded,
-                              capture_output=True, text=True, env=env)
-        found = [json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not found:
-            print(f"[{backend}] failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results[backend] = found[0]["timings"]
+    results = {backend: found[0]["timings"] for backend, found in
+               per_backend.run(__file__, args.backends.split(","), sys.argv[1:]).items() if found}
 
     backends = list(results)
     print(f"M3AE{' (MAE)' if args.mae else ''} {args.size}, batch {args.batch}, "

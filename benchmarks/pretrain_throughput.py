@@ -17,8 +17,9 @@ timed in the same process on the same backend and device.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+import per_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -138,21 +139,8 @@ def main():
     if args.worker:
         return worker(args)
 
-    rows = []
-    for backend in args.backends.split(","):
-        forwarded, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip or arg.startswith("--backends"):
-                skip = arg == "--backends"  # its value is the next argument
-                continue
-            forwarded.append(arg)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + forwarded
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        found = [json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode:
-            print(f"[{backend}] failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        rows += found
+    rows = [row for found in per_backend.run(__file__, args.backends.split(","), sys.argv[1:])
+            .values() for row in found]
 
     header = (f"{'backend':10} {'dev':4} {'size':5} {'mask':>4} {'batch':>5} {'step s':>8} "
               f"{'ex/s':>7} {'peak MB':>8} {'GFLOP/ex':>8} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6}")

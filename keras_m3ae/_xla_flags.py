@@ -5,7 +5,8 @@ reduction over the leading axis, which is what every bias and LayerNorm
 gradient is (a sum over tokens), that path is 27-35x slower than XLA's
 own loop: the bias gradient of the 30522-word text head, `sum(axis=0)` of
 a `(512, 30522)` array, takes 69-94 ms instead of 2.6-2.7 ms on two cores,
-and a ViT-B M3AE training step 1.4x longer (`benchmarks/xla_flags_check.py`,
+and a ViT-B M3AE training step at batch 8 1.4x longer (ViT-S at batch 4:
+no difference; `benchmarks/xla_flags_check.py`,
 `benchmarks/RESULTS.md`). XLA's own switch for it is
 `--xla_cpu_experimental_ynn_fusion_type=-reduce`, the workaround given in
 jax-ml/jax issue 37465 for another slow YNNPACK reduction.

@@ -13,6 +13,9 @@ small `keras.Model`, `train_on_batch`, plain SGD, so the update is cheap):
 - `rest`: the step minus the parts (embeddings, masking, gathers, image
   head and loss, AdamW over all weights, the trainer).
 
+The parts run without an attention mask; in the step, caption padding masks
+the attention, and that select lands in `rest`.
+
 Every backend runs the same `keras.ops` graph, so a part that one backend
 runs faster points at how that backend compiles it. Pin the process to one
 core for steady figures:

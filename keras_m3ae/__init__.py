@@ -5,6 +5,10 @@ from keras_m3ae import _startup  # noqa: F401
 
 # Before anything compiles: XLA reads XLA_FLAGS at its first compilation.
 from keras_m3ae import _xla_flags  # noqa: F401
+
+# Before JAX starts its threads: glibc binds a thread to a heap at its first
+# allocation.
+from keras_m3ae import _host_memory  # noqa: F401
 from keras_m3ae import analysis
 from keras_m3ae import convert
 from keras_m3ae import data

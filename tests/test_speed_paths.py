@@ -150,30 +150,76 @@ def test_xla_flag_is_wanted_only_for_measured_jaxlib_and_unset_flags(
     assert _xla_flags.wanted(backend, jaxlib_version, environ) is expected
 
 
+@pytest.mark.parametrize(
+    "backend, is_glibc, environ, expected",
+    [
+        ("jax", True, {}, True),
+        ("jax", True, {"KERAS_M3AE_KEEP_MALLOC": "1"}, False),
+        ("jax", False, {}, False),  # no glibc: no mallopt with these parameters
+        ("tensorflow", True, {}, False),
+        ("torch", True, {}, False),
+    ],
+)
+def test_malloc_settings_are_wanted_only_for_jax_on_glibc(backend, is_glibc, environ, expected):
+    from keras_m3ae import _host_memory
+
+    assert _host_memory.wanted(backend, is_glibc, environ) is expected
+
+
 @jax_only
-def test_importing_the_package_keeps_column_reductions_out_of_ynnpack():
-    """In a fresh process: the flag is added to the user's flags and takes effect."""
+def test_importing_the_package_sets_xla_flag_and_malloc_in_a_fresh_process():
+    """The XLA flag is added to the user's flags and takes effect; freed memory is reused."""
     import subprocess
     import sys
 
+    from keras_m3ae import _host_memory
     from keras_m3ae import _xla_flags
 
     if not _xla_flags.wanted("jax", __import__("jaxlib").__version__, {}):
         pytest.skip("jaxlib version not covered by keras_m3ae._xla_flags")
+    if _host_memory._glibc() is None:
+        pytest.skip("not glibc: keras_m3ae._host_memory does nothing")
+    # Host memory: a 128 MB block allocated from a new thread comes from the
+    # main heap, not from a fresh mapping (glibc's mallinfo2 counts mapped
+    # blocks); and a jitted op writing a fresh 64 MB output, after warm-up
+    # calls in which glibc's heap settles, reuses freed memory instead of
+    # faulting in 16384 new 4 KB pages per call.
     script = (
-        "import os, jax, numpy as np\n"
+        "import ctypes, os, resource, threading, jax, numpy as np\n"
         "import keras_m3ae\n"
         "x = np.ones((512, 300), 'float32')\n"
         "hlo = jax.jit(lambda x: x.sum(0)).lower(x).compile().as_text()\n"
-        "print(os.environ['XLA_FLAGS'], jax.device_count(), '__ynn_fusion' in hlo)\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks '\n"
+        "                'fsmblks uordblks fordblks keepcost'.split()]  # all of glibc's struct\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.mallinfo2.restype = Info\n"
+        "mapped = []\n"
+        "def allocate():\n"
+        "    block = np.ones(2**25, 'float32')\n"
+        "    mapped.append(libc.mallinfo2().hblkhd >= block.nbytes)\n"
+        "thread = threading.Thread(target=allocate)\n"
+        "thread.start(), thread.join()\n"
+        "f, big = jax.jit(lambda x: x * 2.0), jax.numpy.ones((4096, 4096))\n"
+        "def run(calls):  # each output is freed before the next call\n"
+        "    for _ in range(calls): f(big).block_until_ready()\n"
+        "run(30)\n"
+        "start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "run(5)\n"
+        "faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5\n"
+        "print(os.environ['XLA_FLAGS'], jax.device_count(), '__ynn_fusion' in hlo,\n"
+        "      keras_m3ae._host_memory.applied, mapped[0], faults > 8192)\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env.pop("KERAS_M3AE_KEEP_XLA_FLAGS", None)
+    env.pop("KERAS_M3AE_KEEP_MALLOC", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ["--xla_force_host_platform_device_count=2", _xla_flags.FLAG, "2", "False"]
-    # The same program without the flag does use YNNPACK: the check above can fail.
-    env["KERAS_M3AE_KEEP_XLA_FLAGS"] = "1"
+    assert out == ["--xla_force_host_platform_device_count=2", _xla_flags.FLAG, "2", "False",
+                   "True", "False", "False"]
+    # The same program without either setting: YNNPACK sums, a mapped block,
+    # fresh pages every call. So each check above can fail.
+    env.update(KERAS_M3AE_KEEP_XLA_FLAGS="1", KERAS_M3AE_KEEP_MALLOC="1")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ["--xla_force_host_platform_device_count=2", "2", "True"]
+    assert out == ["--xla_force_host_platform_device_count=2", "2", "True", "False", "True", "True"]

@@ -1,0 +1,100 @@
+"""What `keras_m3ae/_host_memory.py`'s malloc settings do to a JAX training step on CPU.
+
+The settings act on the whole process from its start, so they cannot be
+switched inside one run: this script runs our M3AE train step
+(`train_on_batch`, AdamW) in fresh processes that alternate between the
+package's default and `KERAS_M3AE_KEEP_MALLOC=1` (glibc's own behaviour),
+several rounds each, and prints per setting the step time (fastest and
+median over all rounds), the minor page faults per step (4 KB pages the
+kernel mapped and zeroed anew) and the peak resident memory. Alternating
+rounds spread the drift of a shared machine over both settings.
+
+    python benchmarks/host_memory_check.py --size small --batch 4 --rounds 3
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SETTINGS = {"package default": {}, "KERAS_M3AE_KEEP_MALLOC=1": {"KERAS_M3AE_KEEP_MALLOC": "1"}}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "base"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="processes per setting")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def worker(args):
+    sys.path.insert(0, HERE)
+    import common  # noqa: E402  (imports keras_m3ae: the settings apply here)
+    import keras
+
+    import keras_m3ae
+
+    model = common.build(args.size)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    data = common.batch(model, args.batch)
+    for _ in range(args.warmup):
+        model.train_on_batch(data)
+    times, faults = [], []
+    for _ in range(args.steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        model.train_on_batch(data)
+        times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print("RESULT " + json.dumps({
+        "applied": keras_m3ae._host_memory.applied, "times": times, "faults": faults,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    forwarded = [a for a in (sys.argv[1:] if argv is None else argv)]
+    results = {name: [] for name in SETTINGS}
+    for round_ in range(args.rounds):
+        order = list(SETTINGS) if round_ % 2 == 0 else list(SETTINGS)[::-1]
+        for name in order:
+            env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+            env.pop("KERAS_M3AE_KEEP_MALLOC", None)
+            env.update(SETTINGS[name])
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *forwarded],
+                                  capture_output=True, text=True, env=env)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                sys.exit(f"worker ({name}) failed:\n{proc.stderr[-2000:]}")
+            results[name].append(json.loads(lines[-1][len("RESULT "):]))
+    print(f"M3AE {args.size}, batch {args.batch}, JAX on CPU: {args.rounds} processes per setting, "
+          f"alternating, {args.steps} timed steps each after {args.warmup}")
+    medians = {}
+    for name, runs in results.items():
+        times = [t for run in runs for t in run["times"]]
+        faults = [f for run in runs for f in run["faults"]]
+        medians[name] = statistics.median(times)
+        print(f"  {name:26} (applied: {runs[0]['applied']!s:5}) fastest {min(times):.3f} s  "
+              f"median {medians[name]:.3f} s  page faults/step {statistics.median(faults):8.0f}  "
+              f"peak RSS {max(run['peak_rss_mb'] for run in runs):.0f} MB")
+    default, kept = (results[name] for name in SETTINGS)
+    fastest = min(t for r in kept for t in r["times"]) / min(t for r in default for t in r["times"])
+    print(f"  glibc default / package default: fastest {fastest:.2f}x, median "
+          f"{medians['KERAS_M3AE_KEEP_MALLOC=1'] / medians['package default']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,7 @@ def main(argv=None):
         for name in order:
             env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
             env.pop("KERAS_M3AE_KEEP_MALLOC", None)
+            env.pop("GLIBC_TUNABLES", None)  # would override the package's settings
             env.update(SETTINGS[name])
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *forwarded],
                                   capture_output=True, text=True, env=env)

@@ -19,7 +19,10 @@ round (ours first, then the peer first), so load drift hits both alike. Per
 contender it prints the fastest and the median block (per step), images/s,
 and the ratio peer time / our time (> 1: ours is faster). `--block-steps 1`
 interleaves single steps. The last line gives process CPU time / wall time
-and the load average: how much of the machine the run had.
+and the load average: how much of the machine the run had. `--grad` (JAX)
+then times the two jitted forward + backward passes alone the same way, so
+the difference to the whole steps shows what the optimizer update and the
+trainer cost.
 
 With `--analyze` (JAX) it also prints XLA's cost and memory analysis of each
 whole jitted train step (FLOPs, bytes accessed; argument, output, aliased and
@@ -80,6 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--dump-hlo", metavar="DIR",
                         help="with --analyze: write each analysed step's optimized HLO to "
                              "DIR/<name>.hlo.txt (read them with benchmarks/hlo_bytes.py)")
+    parser.add_argument("--grad", action="store_true",
+                        help="JAX: after the steps, time the two jitted forward + backward "
+                             "passes alone the same way (what the rest of each step costs)")
     return parser.parse_args(argv)
 
 
@@ -445,6 +451,20 @@ def run_jax(args):
         model.train_on_batch(data)  # returns Python floats: synchronous
 
     compare({"ours (train_on_batch)": our_step, "reference Flax M3AE": ref_step}, args, "")
+    if args.grad:
+        copy = lambda tree: jax.tree.map(jax.numpy.array, tree)  # noqa: E731
+        trainable = copy([v.value for v in model.trainable_variables])
+        non_trainable = copy([v.value for v in model.non_trainable_variables])
+        arrays = jax.tree.map(jax.numpy.asarray, data)
+        ours_grad = our_grad_fn(model).lower(trainable, non_trainable, arrays).compile()
+        # The reference's live state: its step donated the arrays of `ref_args`.
+        ref_params, ref_rest = copy(ref_state[0].params), ref_state[1:]
+        ref_grad = ref_grad_fn.lower(ref_params, *ref_rest).compile()
+        compare({"ours forward + backward": lambda: jax.block_until_ready(
+                     ours_grad(trainable, non_trainable, arrays)),
+                 "reference forward + backward": lambda: jax.block_until_ready(
+                     ref_grad(ref_params, *ref_rest))},
+                args, "forward + backward alone (jitted value_and_grad), ")
     if jax.devices()[0].platform != "cpu":
         stats = jax.devices()[0].memory_stats() or {}
         print(f"  device peak memory (both models) {stats.get('peak_bytes_in_use', 0) / 2**20:.0f} MB")

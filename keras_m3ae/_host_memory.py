@@ -20,7 +20,10 @@ Importing `keras_m3ae` therefore sets, through `mallopt`:
 
 The costs: memory freed after a step stays with the process instead of
 going back to the system; threads share one heap lock for blocks larger
-than glibc's per-thread cache; and the heap can hold freed blocks it does not
+than glibc's per-thread cache, which makes XLA's multi-threaded compilation
+slower (a tiny M3AE train step compiled in 21-27 s instead of 16-20 s, four
+compilations in each of two processes per setting); and the heap can hold
+freed blocks it does not
 reuse at once (a toy program writing one 64 MB output per call grew its heap
 to 720 MB over 8 calls before it settled). In the measured train step the
 peak RSS was lower, not higher, and `benchmarks/data_pipeline.py` ran as
@@ -31,9 +34,13 @@ It applies only when all of these hold, and otherwise does nothing:
 - the Keras backend is JAX (the backend whose CPU steps were measured);
 - the C library is glibc (Linux); others have no `mallopt` with these
   parameters;
-- `KERAS_M3AE_KEEP_MALLOC` is not set.
+- `KERAS_M3AE_KEEP_MALLOC` is not set, and `GLIBC_TUNABLES` sets no
+  `glibc.malloc.*` tunable (your own settings win).
 
-`M_ARENA_MAX` binds only threads that have not allocated yet: import
+Two heaps (`M_ARENA_MAX` 2) compiled as fast as glibc's default but left
+XLA's worker threads faulting in fresh pages in two of three runs (a
+worker's heap cannot hold a 128 MB block, and `mmap` serves it after all),
+so it is one. `M_ARENA_MAX` binds only threads that have not allocated yet: import
 `keras_m3ae` before running any JAX computation, as for `_xla_flags.py`.
 The same three settings can be given to any process from its start with
 `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:
@@ -41,7 +48,6 @@ glibc.malloc.trim_threshold=2147483647`.
 """
 
 import ctypes
-import ctypes.util
 import os
 
 # mallopt parameter numbers, from glibc's <malloc.h>.
@@ -53,17 +59,17 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 
 def wanted(backend, is_glibc, environ):
     """Whether to change glibc's malloc settings, given the backend and environment."""
-    return backend == "jax" and is_glibc and not environ.get("KERAS_M3AE_KEEP_MALLOC")
+    if backend != "jax" or not is_glibc or environ.get("KERAS_M3AE_KEEP_MALLOC"):
+        return False
+    # The user's own malloc tunables win.
+    return "glibc.malloc." not in environ.get("GLIBC_TUNABLES", "")
 
 
 def _glibc():
-    """The C library if it is glibc (it has `gnu_get_libc_version`), else None."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The process's C library if it is glibc (it has `gnu_get_libc_version`), else None."""
     try:
-        libc = ctypes.CDLL(name)
-    except OSError:
+        libc = ctypes.CDLL(None)  # the symbols already loaded: Python's own C library
+    except (OSError, TypeError):  # TypeError: Windows has no such handle
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return None

@@ -155,6 +155,8 @@ def test_xla_flag_is_wanted_only_for_measured_jaxlib_and_unset_flags(
     [
         ("jax", True, {}, True),
         ("jax", True, {"KERAS_M3AE_KEEP_MALLOC": "1"}, False),
+        ("jax", True, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, False),  # the user's own
+        ("jax", True, {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, True),
         ("jax", False, {}, False),  # no glibc: no mallopt with these parameters
         ("tensorflow", True, {}, False),
         ("torch", True, {}, False),
@@ -213,6 +215,7 @@ def test_importing_the_package_sets_xla_flag_and_malloc_in_a_fresh_process():
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env.pop("KERAS_M3AE_KEEP_XLA_FLAGS", None)
     env.pop("KERAS_M3AE_KEEP_MALLOC", None)
+    env.pop("GLIBC_TUNABLES", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["--xla_force_host_platform_device_count=2", _xla_flags.FLAG, "2", "False",

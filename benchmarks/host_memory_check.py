@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -66,21 +65,22 @@ def main(argv=None):
     if args.worker:
         worker(args)
         return
-    forwarded = [a for a in (sys.argv[1:] if argv is None else argv)]
+    sys.path.insert(0, HERE)
+    import per_backend
+
+    forwarded = list(sys.argv[1:] if argv is None else argv)
     results = {name: [] for name in SETTINGS}
     for round_ in range(args.rounds):
         order = list(SETTINGS) if round_ % 2 == 0 else list(SETTINGS)[::-1]
         for name in order:
-            env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-            env.pop("KERAS_M3AE_KEEP_MALLOC", None)
-            env.pop("GLIBC_TUNABLES", None)  # would override the package's settings
-            env.update(SETTINGS[name])
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *forwarded],
-                                  capture_output=True, text=True, env=env)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                sys.exit(f"worker ({name}) failed:\n{proc.stderr[-2000:]}")
-            results[name].append(json.loads(lines[-1][len("RESULT "):]))
+            # The worker inherits this process's environment.
+            os.environ.pop("KERAS_M3AE_KEEP_MALLOC", None)
+            os.environ.pop("GLIBC_TUNABLES", None)  # would override the package's settings
+            os.environ.update(SETTINGS[name])
+            runs = per_backend.run(__file__, ["jax"], forwarded)["jax"]
+            if not runs:
+                sys.exit(f"the worker ({name}) failed")
+            results[name].append(runs[-1])
     print(f"M3AE {args.size}, batch {args.batch}, JAX on CPU: {args.rounds} processes per setting, "
           f"alternating, {args.steps} timed steps each after {args.warmup}")
     medians = {}
@@ -91,9 +91,8 @@ def main(argv=None):
         print(f"  {name:26} (applied: {runs[0]['applied']!s:5}) fastest {min(times):.3f} s  "
               f"median {medians[name]:.3f} s  page faults/step {statistics.median(faults):8.0f}  "
               f"peak RSS {max(run['peak_rss_mb'] for run in runs):.0f} MB")
-    default, kept = (results[name] for name in SETTINGS)
-    fastest = min(t for r in kept for t in r["times"]) / min(t for r in default for t in r["times"])
-    print(f"  glibc default / package default: fastest {fastest:.2f}x, median "
+    ours, glibc = (min(t for run in results[name] for t in run["times"]) for name in SETTINGS)
+    print(f"  glibc default / package default: fastest {glibc / ours:.2f}x, median "
           f"{medians['KERAS_M3AE_KEEP_MALLOC=1'] / medians['package default']:.2f}x")
 
 

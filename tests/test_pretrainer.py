@@ -120,6 +120,16 @@ def test_text_loss_and_accuracy():
     assert float(acc) == pytest.approx(0.5)
 
 
+def test_text_accuracy_counts_a_target_tied_for_the_highest_logit():
+    # Position 0: the target (1) ties token 0 for the highest logit, a hit
+    # although argmax says 0. Position 1: tokens 0 and 2 tie above the
+    # target, a miss. Position 2: the target alone is highest, a hit.
+    logits = np.array([[[2.0, 2.0, 0.0], [3.0, 1.0, 3.0], [0.0, 0.5, 1.0]]], "float32")
+    ids = np.array([[1, 1, 2]], "int32")
+    _, acc = text_prediction_loss(logits, ids, np.ones((1, 3), "float32"))
+    assert float(acc) == pytest.approx(2 / 3)
+
+
 def _toy_captions():
     """Captions of 40, 4 and 0 real tokens; 30, 3 and 0 of them masked.
 

@@ -1,4 +1,4 @@
-"""What `keras_m3ae/_host_memory.py`'s malloc settings do to a JAX training step on CPU.
+"""What `keras_m3ae/_host_memory.py`'s malloc settings do to a training step on CPU.
 
 The settings act on the whole process from its start, so they cannot be
 switched inside one run: this script runs our M3AE train step
@@ -7,9 +7,12 @@ package's default and `KERAS_M3AE_KEEP_MALLOC=1` (glibc's own behaviour),
 several rounds each, and prints per setting the step time (fastest and
 median over all rounds), the minor page faults per step (4 KB pages the
 kernel mapped and zeroed anew) and the peak resident memory. Alternating
-rounds spread the drift of a shared machine over both settings.
+rounds spread the drift of a shared machine over both settings. With
+`--backend tensorflow`, where the package leaves malloc alone, the first
+setting gives the worker the same three settings through `GLIBC_TUNABLES`.
 
     python benchmarks/host_memory_check.py --size small --batch 4 --rounds 3
+    python benchmarks/host_memory_check.py --backend torch --size small --rounds 2
 """
 
 import argparse
@@ -22,10 +25,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = {"package default": {}, "KERAS_M3AE_KEEP_MALLOC=1": {"KERAS_M3AE_KEEP_MALLOC": "1"}}
+# `_host_memory.SETTINGS` for a process that the package does not set up.
+TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="jax", choices=["jax", "torch", "tensorflow"])
     parser.add_argument("--size", default="small", choices=["tiny", "small", "base"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="processes per setting")
@@ -77,12 +83,17 @@ def main(argv=None):
             os.environ.pop("KERAS_M3AE_KEEP_MALLOC", None)
             os.environ.pop("GLIBC_TUNABLES", None)  # would override the package's settings
             os.environ.update(SETTINGS[name])
-            runs = per_backend.run(__file__, ["jax"], forwarded)["jax"]
+            if args.backend == "tensorflow" and name == "package default":
+                os.environ["GLIBC_TUNABLES"] = TUNABLES
+            runs = per_backend.run(__file__, [args.backend], forwarded)[args.backend]
             if not runs:
                 sys.exit(f"the worker ({name}) failed")
             results[name].append(runs[-1])
-    print(f"M3AE {args.size}, batch {args.batch}, JAX on CPU: {args.rounds} processes per setting, "
-          f"alternating, {args.steps} timed steps each after {args.warmup}")
+    print(f"M3AE {args.size}, batch {args.batch}, {args.backend} on CPU: {args.rounds} processes "
+          f"per setting, "
+          f"alternating, {args.steps} timed steps each after {args.warmup}"
+          + (" (tensorflow: the first setting through GLIBC_TUNABLES)"
+             if args.backend == "tensorflow" else ""))
     medians = {}
     for name, runs in results.items():
         times = [t for run in runs for t in run["times"]]

@@ -1,14 +1,17 @@
-"""JAX on CPU: reuse freed host memory instead of handing it back every step.
+"""JAX and torch on CPU: reuse freed host memory instead of handing it back every step.
 
 glibc's `malloc` serves each request above 32 MB (and any request a worker
 thread's 64 MB heap cannot hold) with a fresh `mmap`, and `free` unmaps it
-again. XLA:CPU allocates a program's temporaries and outputs that way, so
-every training step the kernel maps, zeroes and faults in the same memory
-again, 4 KB at a time. On two cores, a jitted op writing a 64 MB output took
-28 ms per call instead of 5 ms into reused memory, and a ViT-S M3AE train
-step at batch 4 faulted in 253,000 pages (1 GB) and ran 1.30x slower
-(fastest step; 1.38x median), with a higher peak RSS (6.2 vs 5.9 GB;
-`benchmarks/host_memory_check.py`, `benchmarks/RESULTS.md`, "Fifth pass").
+again. XLA:CPU allocates a program's temporaries and outputs that way, and
+torch's CPU allocator its tensors, so every training step the kernel maps,
+zeroes and faults in the same memory again, 4 KB at a time. On two cores, a
+jitted op writing a 64 MB output took 28 ms per call instead of 5 ms into
+reused memory, and a ViT-S M3AE train step at batch 4 faulted in 253,000
+pages (1 GB) and ran 1.30x slower on JAX (fastest step; 1.38x median), with
+a higher peak RSS (6.2 vs 5.9 GB); on torch the same step faulted in 42,000
+to 65,000 pages and ran 1.06-1.15x slower (1.10-1.20x median;
+`benchmarks/host_memory_check.py`, `benchmarks/RESULTS.md`, "Fifth pass"
+and "Sixth pass").
 
 Importing `keras_m3ae` therefore sets, through `mallopt`:
 
@@ -31,7 +34,8 @@ fast as without the settings.
 
 It applies only when all of these hold, and otherwise does nothing:
 
-- the Keras backend is JAX (the backend whose CPU steps were measured);
+- the Keras backend is JAX or torch (TensorFlow's step, which faulted in
+  15,000 pages, was no faster with the settings);
 - the C library is glibc (Linux); others have no `mallopt` with these
   parameters;
 - `KERAS_M3AE_KEEP_MALLOC` is not set, and `GLIBC_TUNABLES` sets no
@@ -41,7 +45,7 @@ Two heaps (`M_ARENA_MAX` 2) compiled as fast as glibc's default but left
 XLA's worker threads faulting in fresh pages in two of three runs (a
 worker's heap cannot hold a 128 MB block, and `mmap` serves it after all),
 so it is one. `M_ARENA_MAX` binds only threads that have not allocated yet: import
-`keras_m3ae` before running any JAX computation, as for `_xla_flags.py`.
+`keras_m3ae` before running any JAX or torch computation, as for `_xla_flags.py`.
 The same three settings can be given to any process from its start with
 `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:
 glibc.malloc.trim_threshold=2147483647`.
@@ -55,11 +59,12 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+BACKENDS = ("jax", "torch")
 
 
 def wanted(backend, is_glibc, environ):
     """Whether to change glibc's malloc settings, given the backend and environment."""
-    if backend != "jax" or not is_glibc or environ.get("KERAS_M3AE_KEEP_MALLOC"):
+    if backend not in BACKENDS or not is_glibc or environ.get("KERAS_M3AE_KEEP_MALLOC"):
         return False
     # The user's own malloc tunables win.
     return "glibc.malloc." not in environ.get("GLIBC_TUNABLES", "")

@@ -9,7 +9,7 @@ jitted op writing a 64 MB output took 28 ms per call instead of 5 ms into
 reused memory, and a ViT-S M3AE train step at batch 4 faulted in 253,000
 pages (1 GB) and ran 1.30x slower on JAX (fastest step; 1.38x median), with
 a higher peak RSS (6.2 vs 5.9 GB); on torch the same step faulted in 42,000
-to 65,000 pages and ran 1.06-1.15x slower (1.10-1.20x median;
+to 65,000 pages and ran 1.06-1.15x slower (1.06-1.20x median;
 `benchmarks/host_memory_check.py`, `benchmarks/RESULTS.md`, "Fifth pass"
 and "Sixth pass").
 

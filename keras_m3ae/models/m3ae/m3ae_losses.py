@@ -117,11 +117,10 @@ def text_prediction_loss(logits, token_ids, mask, reduction="per_example"):
     reduce = _per_example_mean if reduction == "per_example" else _masked_mean
     logits = ops.cast(logits, "float32")
     token_ids = ops.cast(token_ids, "int32")
-    target = _target_logits(logits, token_ids)
-    per_token = ops.logsumexp(logits, axis=-1) - target
+    per_token = token_cross_entropy(logits, token_ids)
     # Not `argmax == target`: on JAX this max is the one logsumexp takes
     # (XLA shares it), while an argmax, a reduction over (value, index)
     # pairs on XLA:CPU, took 15 ms (13 %) of a tiny M3AE train step
     # (4 x 64 x 30522 logits; `benchmarks/RESULTS.md`).
-    hits = ops.cast(target >= ops.max(logits, axis=-1), "float32")
+    hits = ops.cast(_target_logits(logits, token_ids) >= ops.max(logits, axis=-1), "float32")
     return reduce(per_token, mask), reduce(hits, mask)

@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_backbone
 from conftest import tiny_batch
 from conftest import tiny_pretrainer
+from keras_m3ae.optimizers.jax_update import dot_product_global_norm
 from keras_m3ae.optimizers.jax_update import update_after_gradients
 
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's compiled train step")
@@ -35,6 +36,37 @@ def _copied_state(hlo):
 def test_update_after_gradients_applies_to_jax_only_and_without_global_clipping():
     assert update_after_gradients(keras.optimizers.SGD()) == (keras.backend.backend() == "jax")
     assert not update_after_gradients(keras.optimizers.SGD(global_clipnorm=1.0))
+
+
+def test_dot_product_global_norm_applies_to_jax_and_global_clipping_only():
+    on_jax = keras.backend.backend() == "jax"
+    assert dot_product_global_norm(keras.optimizers.SGD(global_clipnorm=1.0)) == on_jax
+    assert not dot_product_global_norm(keras.optimizers.SGD())
+    assert not dot_product_global_norm(keras.optimizers.SGD(clipnorm=1.0))
+    model = tiny_pretrainer()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, global_clipnorm=1.0))
+    assert ("_clip_gradients" in vars(model.optimizer)) == on_jax
+
+
+@jax_only
+@pytest.mark.parametrize("clip", [0.5, 100.0])
+def test_dot_product_global_norm_clips_as_keras_does(clip):
+    from keras.src.optimizers.base_optimizer import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=s).astype("float32") for s in [(7, 5), (5,), (3, 4, 2)]]
+    optimizer = keras.optimizers.SGD(global_clipnorm=clip)
+    assert dot_product_global_norm(optimizer)
+    ours = optimizer._clip_gradients([*grads[:1], None, *grads[1:]])
+    assert ours[1] is None
+    expected = clip_by_global_norm(grads, clip)
+    norm = np.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads))  # about 7.9
+    for got, want, g in zip(ours[:1] + ours[2:], expected, grads):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        np.testing.assert_allclose(got, g * min(1.0, clip / norm), rtol=1e-5)
+    # A non-finite gradient makes every gradient NaN, as in Keras.
+    grads[1][0] = np.inf
+    assert all(np.isnan(np.asarray(g)).all() for g in optimizer._clip_gradients(grads))
 
 
 def test_train_on_batch_runs_the_model_only_in_the_compiled_step(monkeypatch):

@@ -3,11 +3,12 @@
 Below `models/` (they import only Keras), so a Task's `compile()` defaults
 can use them: LARS, layer-wise learning-rate decay, warmup-cosine
 schedules, the torch backend's in-place Adam update, the JAX update's ordering
-after all gradients, and the pretraining,
+after all gradients and its global norm as dot products, and the pretraining,
 linear-probe and fine-tuning recipes.
 """
 
 from keras_m3ae._deprecation import moved_names
+from keras_m3ae.optimizers.jax_update import dot_product_global_norm
 from keras_m3ae.optimizers.jax_update import update_after_gradients
 from keras_m3ae.optimizers.lars import LARS
 from keras_m3ae.optimizers.layer_decay import layer_decay_multipliers

@@ -17,6 +17,7 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import TEXT_LOSS_REDUCTIONS
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
+from keras_m3ae.optimizers.jax_update import dot_product_global_norm
 from keras_m3ae.optimizers.jax_update import update_after_gradients
 from keras_m3ae.optimizers.recipes import configure_optimizer
 from keras_m3ae.optimizers.recipes import pretrain_optimizer
@@ -311,7 +312,8 @@ class M3AEPretrainer(keras.Model):
         (`keras_m3ae.optimizers.torch_adam`): Keras's own materialises
         several model-sized temporaries per step. On JAX the update is made
         to depend on every gradient (`keras_m3ae.optimizers.jax_update`), so
-        XLA updates the donated variables in place instead of copying them.
+        XLA updates the donated variables in place instead of copying them,
+        and clipping by global norm takes its norm from dot products.
 
         Args:
             optimizer: `"auto"` or a Keras optimizer.
@@ -323,6 +325,7 @@ class M3AEPretrainer(keras.Model):
         optimizer = configure_optimizer(optimizer, self.no_weight_decay_variables())
         use_inplace_update(optimizer)
         update_after_gradients(optimizer)
+        dot_product_global_norm(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _check_data(self, x):

@@ -64,6 +64,11 @@ def test_dot_product_global_norm_clips_as_keras_does(clip):
     for got, want, g in zip(ours[:1] + ours[2:], expected, grads):
         np.testing.assert_allclose(got, want, rtol=1e-6)
         np.testing.assert_allclose(got, g * min(1.0, clip / norm), rtol=1e-5)
+    # bfloat16 gradients stay bfloat16, scaled by the norm summed in float32.
+    half = optimizer._clip_gradients([keras.ops.cast(g, "bfloat16") for g in grads])
+    assert [keras.backend.standardize_dtype(g.dtype) for g in half] == ["bfloat16"] * 3
+    for got, want in zip(half, expected):
+        np.testing.assert_allclose(np.asarray(got, "float32"), want, rtol=2e-2, atol=1e-2)
     # A non-finite gradient makes every gradient NaN, as in Keras.
     grads[1][0] = np.inf
     assert all(np.isnan(np.asarray(g)).all() for g in optimizer._clip_gradients(grads))

@@ -75,13 +75,14 @@ def _clip_gradients_by_dot_products(self, grads):
 
     if not self.global_clipnorm:
         return type(self)._clip_gradients(self, grads)
-    # Keras's `clip_by_global_norm`, its norm as dot products: the same
-    # scale, 1 for a norm within the limit, NaN for a non-finite one.
+    # Keras's `clip_by_global_norm`, its norm as dot products (summed in
+    # float32 whatever the gradients' dtype): the same scale, 1 for a norm
+    # within the limit, NaN for a non-finite one; gradients keep their dtype.
     flat = [jnp.ravel(g) for g in grads if g is not None]
-    norm = jnp.sqrt(sum(jnp.vdot(f, f) for f in flat))
+    norm = jnp.sqrt(sum(jnp.vdot(f, f, preferred_element_type="float32") for f in flat))
     clip = self.global_clipnorm
     scale = clip * jnp.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
-    return [g if g is None else g * scale for g in grads]
+    return [g if g is None else g * scale.astype(g.dtype) for g in grads]
 
 
 def dot_product_global_norm(optimizer):

@@ -89,11 +89,9 @@ def main(argv=None):
             if not runs:
                 sys.exit(f"the worker ({name}) failed")
             results[name].append(runs[-1])
+    note = " (the first setting through GLIBC_TUNABLES)" if args.backend == "tensorflow" else ""
     print(f"M3AE {args.size}, batch {args.batch}, {args.backend} on CPU: {args.rounds} processes "
-          f"per setting, "
-          f"alternating, {args.steps} timed steps each after {args.warmup}"
-          + (" (tensorflow: the first setting through GLIBC_TUNABLES)"
-             if args.backend == "tensorflow" else ""))
+          f"per setting, alternating, {args.steps} timed steps each after {args.warmup}{note}")
     medians = {}
     for name, runs in results.items():
         times = [t for run in runs for t in run["times"]]

@@ -68,7 +68,7 @@ def test_dot_product_global_norm_clips_as_keras_does(clip):
     half = optimizer._clip_gradients([keras.ops.cast(g, "bfloat16") for g in grads])
     assert [keras.backend.standardize_dtype(g.dtype) for g in half] == ["bfloat16"] * 3
     for got, want in zip(half, expected):
-        np.testing.assert_allclose(np.asarray(got, "float32"), want, rtol=2e-2, atol=1e-2)
+        np.testing.assert_allclose(np.asarray(got, "float32"), want, rtol=1e-2, atol=1e-3)
     # A non-finite gradient makes every gradient NaN, as in Keras.
     grads[1][0] = np.inf
     assert all(np.isnan(np.asarray(g)).all() for g in optimizer._clip_gradients(grads))

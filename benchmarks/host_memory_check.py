@@ -25,8 +25,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = {"package default": {}, "KERAS_M3AE_KEEP_MALLOC=1": {"KERAS_M3AE_KEEP_MALLOC": "1"}}
-# `_host_memory.SETTINGS` for a process that the package does not set up.
-TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
 def parse_args(argv=None):
@@ -73,6 +71,8 @@ def main(argv=None):
         return
     sys.path.insert(0, HERE)
     import per_backend
+
+    from keras_m3ae._host_memory import TUNABLES  # for TensorFlow, which the package leaves alone
 
     forwarded = list(sys.argv[1:] if argv is None else argv)
     results = {name: [] for name in SETTINGS}

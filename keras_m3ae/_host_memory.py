@@ -26,8 +26,7 @@ going back to the system; threads share one heap lock for blocks larger
 than glibc's per-thread cache, which makes XLA's multi-threaded compilation
 slower (a tiny M3AE train step compiled in 21-27 s instead of 16-20 s, four
 compilations in each of two processes per setting); and the heap can hold
-freed blocks it does not
-reuse at once (a toy program writing one 64 MB output per call grew its heap
+freed blocks it does not reuse at once (a toy program writing one 64 MB output per call grew its heap
 to 720 MB over 8 calls before it settled). In the measured train step the
 peak RSS was lower, not higher, and `benchmarks/data_pipeline.py` ran as
 fast as without the settings.
@@ -47,8 +46,8 @@ worker's heap cannot hold a 128 MB block, and `mmap` serves it after all),
 so it is one. `M_ARENA_MAX` binds only threads that have not allocated yet: import
 `keras_m3ae` before running any JAX or torch computation, as for `_xla_flags.py`.
 The same three settings can be given to any process from its start with
-`GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:
-glibc.malloc.trim_threshold=2147483647`.
+`GLIBC_TUNABLES` set to `TUNABLES`: `glibc.malloc.arena_max=1:
+glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647`.
 """
 
 import ctypes
@@ -58,7 +57,14 @@ import os
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+# glibc's tunable name: (mallopt parameter, value).
+SETTINGS = {
+    "arena_max": (M_ARENA_MAX, 1),
+    "mmap_max": (M_MMAP_MAX, 0),
+    "trim_threshold": (M_TRIM_THRESHOLD, 2**31 - 1),
+}
+# The same settings for `GLIBC_TUNABLES`, which acts from a process's start.
+TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, (_, value) in SETTINGS.items())
 BACKENDS = ("jax", "torch")
 
 
@@ -89,7 +95,7 @@ def apply(environ=os.environ):
     if not wanted(keras.config.backend(), libc is not None, environ):
         return False
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return all([libc.mallopt(param, value) == 1 for param, value in SETTINGS])
+    return all([libc.mallopt(param, value) == 1 for param, value in SETTINGS.values()])
 
 
 applied = apply()

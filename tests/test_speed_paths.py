@@ -208,6 +208,14 @@ def test_malloc_settings_are_wanted_only_for_jax_and_torch_on_glibc(
     assert _host_memory.wanted(backend, is_glibc, environ) is expected
 
 
+def test_malloc_tunables_spell_the_mallopt_settings():
+    from keras_m3ae import _host_memory
+
+    assert _host_memory.TUNABLES == (
+        "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+    )
+
+
 @jax_only
 def test_importing_the_package_sets_xla_flag_and_malloc_in_a_fresh_process():
     """The XLA flag is added to the user's flags and takes effect; freed memory is reused."""

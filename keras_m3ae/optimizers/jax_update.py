@@ -22,8 +22,7 @@ clipping imposes too.
 `dot_product_global_norm(optimizer)` does the other case, clipping by
 global norm: Keras sums each gradient's squares (`sum(square(g))`), which
 XLA:CPU runs as a written temporary of squares and a reduction over it; a
-dot product of the flattened gradient with itself reads it once, in XLA's
-vectorised dot. The update of a ViT-B M3AE (150 M parameters) with
+dot product of the flattened gradient with itself reads it in one pass. The update of a ViT-B M3AE (150 M parameters) with
 clipping took 328 ms that way and 277 ms with dot products, against 174 ms
 without clipping (`benchmarks/RESULTS.md`, "Sixth pass").
 """

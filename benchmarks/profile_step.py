@@ -131,7 +131,8 @@ def main():
         stock = common.build(args.size, text=False, image_mask_ratio=args.mask_ratio)
         stock.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
         # Undo `keras_m3ae.optimizers.torch_adam.use_inplace_update`.
-        stock.optimizer.__dict__.pop("_parallel_update_step", None)
+        for method in ("_parallel_update_step", "_apply_weight_decay"):
+            stock.optimizer.__dict__.pop(method, None)
         steps["stock"] = our_phases(stock, data)
     print(f"size {args.size}, batch {args.batch}, mask {args.mask_ratio}, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, "

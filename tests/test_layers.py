@@ -224,6 +224,93 @@ def test_torch_block_path_reads_stateless_variables():
     assert not np.allclose(ops.convert_to_numpy(stateless), before, atol=1e-3)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own stack path")
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_torch_stack_path_matches_the_keras_layers(monkeypatch, dtype):
+    import torch
+
+    from keras_m3ae.layers import torch_block
+
+    keras.utils.set_random_seed(0)
+    stack = layers.TransformerStack(3, 16, 2, drop_path_rate=0.5, dtype=dtype)
+    stack.build((3, 5, 16))
+    rng = np.random.default_rng(1)
+    for v in stack.trainable_weights:  # no zero biases or unit gammas: every weight counts
+        v.assign(v + rng.normal(0, 0.1, v.shape))
+    x = np.random.default_rng(2).normal(size=(3, 5, 16)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    generators = [b.drop_path.seed_generator for b in stack.blocks[1:]]  # block 0's rate is 0
+    states = [ops.convert_to_numpy(g.state) for g in generators]
+    taken = []
+    monkeypatch.setattr(
+        torch_block, "call_stack", lambda *a, _call=torch_block.call_stack: taken.append(1) or _call(*a)
+    )
+    results = {}
+    for path in ("torch", "keras"):
+        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
+        for training, final_norm in ((False, True), (True, True), (True, False)):
+            for generator, state in zip(generators, states):  # the same examples dropped
+                generator.state.assign(state)
+            for v in stack.trainable_weights:
+                v.value.grad = None
+            inputs = torch.tensor(x, requires_grad=True)
+            y = stack(inputs, attention_mask=mask, training=training, final_norm=final_norm)
+            assert keras.backend.standardize_dtype(y.dtype) == stack.compute_dtype
+            ops.sum(ops.square(ops.cast(y, "float32"))).backward()
+            results[path, training, final_norm] = [
+                ops.convert_to_numpy(ops.cast(y, "float32")),
+                ops.convert_to_numpy(inputs.grad),
+                *[None if v.value.grad is None else ops.convert_to_numpy(v.value.grad)
+                  for v in stack.trainable_weights],
+            ]
+    assert len(taken) == 3  # the torch path ran for each call
+    for key in ((False, True), (True, True), (True, False)):
+        for fast, slow in zip(results[("torch", *key)], results[("keras", *key)]):
+            if slow is None:  # the final norm's weights without `final_norm`
+                assert fast is None and not key[1]
+            elif dtype == "float32":
+                np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+            else:  # bfloat16: the fused bias add rounds once where Keras rounds twice
+                np.testing.assert_allclose(fast, slow, rtol=0, atol=2**-5 * np.abs(slow).max())
+    # Drop path and the final norm took part.
+    torch_out = {k[1:]: v[0] for k, v in results.items() if k[0] == "torch"}
+    assert not np.allclose(torch_out[True, True], torch_out[False, True])
+    assert not np.allclose(torch_out[True, True], torch_out[True, False])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own stack path")
+def test_torch_stack_path_leaves_what_only_layer_calls_do_to_keras():
+    from keras_m3ae.layers import torch_block
+
+    def stack(**kwargs):
+        s = layers.TransformerStack(2, 16, 2, **kwargs)
+        s.build((2, 5, 16))
+        return s
+
+    assert torch_block.supports_stack(stack())
+    assert torch_block.supports_stack(stack(dtype="mixed_bfloat16"))
+    with keras.RematScope(mode="full"):  # rematerialisation is applied by `Layer.__call__`
+        assert not torch_block.supports_stack(stack())
+    regularised = stack()
+    regularised.blocks[1].activity_regularizer = keras.regularizers.L2(0.1)
+    assert not torch_block.supports_stack(regularised)
+    other_dtype = stack()
+    other_dtype.blocks[0] = layers.TransformerBlock(16, 2, dtype="bfloat16")
+    other_dtype.blocks[0].build((2, 5, 16))
+    assert not torch_block.supports_stack(other_dtype)
+
+    class Block(layers.TransformerBlock):  # a subclass may compute otherwise
+        pass
+
+    subclassed = stack()
+    subclassed.blocks[0] = Block(16, 2)
+    subclassed.blocks[0].build((2, 5, 16))
+    assert not torch_block.supports_stack(subclassed)
+    unsupported = stack()
+    unsupported.blocks[1].fc2.activation = keras.activations.relu
+    assert not torch_block.supports_stack(unsupported)
+
+
 def test_attention_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible by `num_heads`"):
         layers.MultiHeadSelfAttention(10, 3)

@@ -250,17 +250,30 @@ def test_default_classification_data_is_labelled_consistently():
     np.testing.assert_array_equal(again["images"], data["images"])
 
 
+@pytest.mark.parametrize("path", ["fused", "loop"])
 @pytest.mark.parametrize("weight_decay", [None, 0.05])
-def test_torch_inplace_adam_matches_keras_update(weight_decay):
+def test_torch_inplace_adam_matches_keras_update(monkeypatch, weight_decay, path):
+    from keras_m3ae.optimizers import torch_adam
     from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
+    fused_calls = []
+    if keras.backend.backend() != "torch" and path == "loop":
+        pytest.skip("one run is enough where nothing is swapped")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if path == "loop":  # the update for devices without PyTorch's fused kernel
+            monkeypatch.setattr(torch_adam, "_FUSED_DEVICES", ())
+        kernel = torch._fused_adamw_
+        monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: fused_calls.append(len(a[0])) or kernel(*a, **k))
     rng = np.random.default_rng(0)
-    shapes = [(7, 5), (5,), (3, 4, 2)]
-    init = [rng.normal(size=s).astype("float32") for s in shapes]
-    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(4)]
+    shapes = [(7, 5), (5,), (3, 4, 2), (4,)]
+    dtypes = ["float32", "float32", "float32", "float64"]  # two groups for the fused kernel
+    init = [rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)]
+    grads = [[rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)] for _ in range(4)]
     results, swapped = [], []
     for inplace in (False, True):
-        variables = [keras.Variable(x) for x in init]
+        variables = [keras.Variable(x, dtype=x.dtype) for x in init]
         schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 3, 0.5)
         if weight_decay:
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, beta_2=0.95)
@@ -274,7 +287,11 @@ def test_torch_inplace_adam_matches_keras_update(weight_decay):
         results.append([keras.ops.convert_to_numpy(v) for v in variables])
     # Swapped on torch only; the same update either way.
     assert swapped == [keras.backend.backend() == "torch"]
+    if keras.backend.backend() == "torch":  # fused: one call per (device, dtype, decay) group and step
+        groups = [2, 1, 1] if weight_decay else [3, 1]
+        assert fused_calls == (groups * 4 if path == "fused" else [])
     for keras_update, inplace_update, start in zip(*results, init):
+        assert inplace_update.dtype == keras_update.dtype  # float64 stays so (not on JAX: no x64)
         assert not np.allclose(keras_update, start)
         np.testing.assert_allclose(inplace_update, keras_update, rtol=1e-5, atol=1e-6)
 

@@ -371,6 +371,13 @@ class TransformerStack(keras.layers.Layer):
         return_attention_scores=False,
         final_norm=True,
     ):
+        if _torch_backend() and not return_attention_scores:
+            from keras_m3ae.layers import torch_block
+
+            if torch_block.supports_stack(self):
+                # Eager torch: the blocks' torch path without a Keras layer
+                # call per block (see `torch_block.call_stack`).
+                return torch_block.call_stack(self, x, attention_mask, training, final_norm)
         all_scores = []
         for block in self.blocks:
             x = block(

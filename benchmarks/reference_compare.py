@@ -67,6 +67,9 @@ def parse_args(argv=None):
     parser.add_argument("--backend", default="jax,torch",
                         help="comma-separated: jax (reference M3AE), torch (ViTMAE)")
     parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
+    parser.add_argument("--peer-fused-adamw", action="store_true",
+                        help="torch: also time ViTMAE with torch.optim.AdamW(fused=True) (its "
+                             "default on CPU is a loop over the tensors)")
     parser.add_argument("--dtype", default=None,
                         help="our dtype policy, e.g. mixed_bfloat16 (the reference is float32 only)")
     parser.add_argument("--exact-gelu", action="store_true",
@@ -116,25 +119,25 @@ def blocks(contenders, rounds, block_steps, warmup):
     return times
 
 
-def report(times, batch, ours, peer):
+def report(times, batch, ours, *peers):
     for name, t in times.items():
         print(f"  {name:28} fastest {min(t):.3f} s  median {statistics.median(t):.3f} s  "
               f"{batch / statistics.median(t):7.2f} img/s")
-    if peer in times:
-        fastest = min(times[peer]) / min(times[ours])
-        median = statistics.median(times[peer]) / statistics.median(times[ours])
-        print(f"  ratio {peer} / ours (time): fastest {fastest:.2f}x  median {median:.2f}x")
+    for peer in peers:
+        if peer in times:
+            fastest = min(times[peer]) / min(times[ours])
+            median = statistics.median(times[peer]) / statistics.median(times[ours])
+            print(f"  ratio {peer} / ours (time): fastest {fastest:.2f}x  median {median:.2f}x")
 
 
 def compare(contenders, args, title):
-    """Times `{ours, peer}` in alternating blocks and prints the figures."""
-    ours, peer = contenders
+    """Times `{ours, peer[, other peers]}` in alternating blocks and prints the figures."""
     if not args.rounds:
         return
     cpu0, wall0 = time.process_time(), time.perf_counter()
     times = blocks(contenders, args.rounds, args.block_steps, args.warmup)
     print(f" {title}blocks of {args.block_steps} steps, {args.rounds} per contender, order flipping:")
-    report(times, args.batch, ours, peer)
+    report(times, args.batch, *contenders)
     load_line(cpu0, wall0)
 
 
@@ -492,12 +495,18 @@ def run_torch(args):
     ours.compile(optimizer=keras.optimizers.AdamW(1e-4))
     data = common.batch(ours, args.batch)
     our_step, peer_step = vitmae_compare.train_steps(ours, peer, data)
+    contenders = {"ours (train_on_batch)": our_step, "transformers ViTMAE": peer_step}
+    if args.peer_fused_adamw:
+        fused = vitmae_compare.build_peer(size, 0.75)
+        fused.config.norm_pix_loss = True
+        fused.load_state_dict(peer.state_dict())
+        contenders["ViTMAE, fused AdamW"] = vitmae_compare.train_steps(
+            ours, fused, data, fused=True)[1]
     print(f"torch {torch.__version__} on {common.device_kind()}, MAE size {size}, "
           f"{common.SIZES[size]['image_size']} px, batch {args.batch}, norm-pix loss")
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        compare({"ours (train_on_batch)": our_step, "transformers ViTMAE": peer_step},
-                args, f"{threads} thread(s), ")
+        compare(contenders, args, f"{threads} thread(s), ")
 
 
 def main(argv=None):

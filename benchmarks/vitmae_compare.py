@@ -54,8 +54,12 @@ def build_peer(size, mask_ratio):
     return model.to("cuda" if torch.cuda.is_available() else "cpu").train()
 
 
-def train_steps(ours, peer, data):
-    """One AdamW training step of each, as functions that wait for the device."""
+def train_steps(ours, peer, data, fused=False):
+    """One AdamW training step of each, as functions that wait for the device.
+
+    `fused`: the peer's `torch.optim.AdamW(fused=True)` instead of its
+    default (a loop over the tensors on CPU).
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def sync():
@@ -68,7 +72,7 @@ def train_steps(ours, peer, data):
 
     if peer is None:
         return our_step, None
-    optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=fused or None)
     # HF takes channels-first pixels.
     pixels = torch.tensor(data["images"]).permute(0, 3, 1, 2).contiguous().to(device)
 

@@ -2,7 +2,7 @@
 
 Below `models/` (they import only Keras), so a Task's `compile()` defaults
 can use them: LARS, layer-wise learning-rate decay, warmup-cosine
-schedules, the torch backend's in-place Adam update, the JAX update's ordering
+schedules, the torch backend's fused (or in-place) Adam update, the JAX update's ordering
 after all gradients and its global norm as dot products, and the pretraining,
 linear-probe and fine-tuning recipes.
 """

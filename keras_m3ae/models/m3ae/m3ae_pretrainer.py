@@ -308,8 +308,9 @@ class M3AEPretrainer(keras.Model):
         learning rate by batch/256 yourself). For any optimizer with weight
         decay, biases, norms, CLS/type/mask vectors and embeddings are
         excluded from decay, as in the papers. On the torch backend a Keras
-        `Adam`/`AdamW` gets an in-place update of the same formula
-        (`keras_m3ae.optimizers.torch_adam`): Keras's own materialises
+        `Adam`/`AdamW` gets the same formula, weight decay included,
+        through PyTorch's fused AdamW kernel (in place where there is none;
+        `keras_m3ae.optimizers.torch_adam`): Keras's own materialises
         several model-sized temporaries per step. On JAX the update is made
         to depend on every gradient (`keras_m3ae.optimizers.jax_update`), so
         XLA updates the donated variables in place instead of copying them,

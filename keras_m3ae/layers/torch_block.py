@@ -1,4 +1,4 @@
-"""The torch backend's `TransformerBlock` forward, written in torch ops.
+"""The torch backend's `TransformerBlock` and `TransformerStack` forward, in torch ops.
 
 The one torch-specific piece of the model. On the torch backend Keras runs
 eagerly, and every `Layer.__call__` (~235 us) and `keras.ops` call (~30 us
@@ -8,7 +8,8 @@ benchmark size, mostly Python, and a ViT-S MAE forward spent 113 ms
 outside its kernels against 27 ms in transformers' ViTMAE
 (`benchmarks/profile_step.py`). This module computes the same block, from
 the same variables, with one torch call per kernel, as torch models are
-written.
+written; a stack of such blocks runs them without a layer call each
+(`call_stack`).
 
 It reads each sub-layer's weights through Keras (`layer.kernel`, `.value`),
 so autocast (mixed precision), stateless scopes, LoRA and the trainers'

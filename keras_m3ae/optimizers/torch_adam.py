@@ -1,4 +1,4 @@
-"""Torch backend only: an in-place Adam/AdamW update for Keras optimizers.
+"""Torch backend only: a fused, in-place Adam/AdamW update for Keras optimizers.
 
 Keras's torch Adam (`keras/src/backend/torch/optimizers/torch_adam.py`)
 updates all variables at once with out-of-place `torch._foreach_*` ops:
@@ -31,7 +31,7 @@ import types
 import keras
 
 
-# Devices with PyTorch's fused Adam kernel (`torch.optim.Adam(fused=True)`).
+# Devices with PyTorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`).
 _FUSED_DEVICES = ("cpu", "cuda")
 
 
@@ -130,7 +130,10 @@ def _loop_update(self, grads, variables, learning_rate):
 
 
 def use_inplace_update(optimizer):
-    """Gives a Keras `Adam`/`AdamW` the in-place update on the torch backend.
+    """Gives a Keras `Adam`/`AdamW` the fused (or in-place) update on the torch backend.
+
+    Replaces the instance's update step and its separate weight-decay pass,
+    which the update then applies.
 
     Args:
         optimizer: a Keras optimizer instance.

@@ -268,7 +268,7 @@ def test_torch_inplace_adam_matches_keras_update(monkeypatch, weight_decay, path
         monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: fused_calls.append(len(a[0])) or kernel(*a, **k))
     rng = np.random.default_rng(0)
     shapes = [(7, 5), (5,), (3, 4, 2), (4,)]
-    dtypes = ["float32", "float32", "float32", "float64"]  # two groups for the fused kernel
+    dtypes = ["float32", "float32", "float32", "float64"]  # float64: a group of its own in the kernel
     init = [rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)]
     grads = [[rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)] for _ in range(4)]
     results, swapped = [], []

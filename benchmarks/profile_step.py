@@ -57,7 +57,7 @@ def our_phases(model, data):
 
 def peer_phases(peer, data):
     pixels = torch.tensor(data["images"]).permute(0, 3, 1, 2).contiguous()
-    opt = torch.optim.AdamW(peer.parameters(), lr=1e-4)  # foreach on CPU by default
+    opt = torch.optim.AdamW(peer.parameters(), lr=1e-4)  # on CPU: a loop over the tensors
     state = {}
 
     def forward():

@@ -11,7 +11,8 @@ unless `--exact-gelu`). Both donate their training state, as the reference's
 
 torch: our MAE (`vocabulary_size=None`) against transformers'
 `ViTMAEForPreTraining` (norm-pix loss on both), `torch.optim.AdamW`, at one
-and at two threads.
+and at two threads; `--peer-fused-adamw` adds a copy of ViTMAE with
+`torch.optim.AdamW(fused=True)` (our update runs the same kernel).
 
 Timing on a shared machine: steps run in blocks of `--block-steps` steps of
 one contender, blocks alternate between contenders and the order flips every

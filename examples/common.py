@@ -10,9 +10,9 @@ import numpy as np
 
 import keras_m3ae
 from keras_m3ae import demo
-from keras_m3ae.training.datasets import dataset_to_numpy
-from keras_m3ae.training.datasets import default_classification_data
-from keras_m3ae.training.datasets import tfds_classification_dataset
+from keras_m3ae.finetune.datasets import dataset_to_numpy
+from keras_m3ae.finetune.datasets import default_classification_data
+from keras_m3ae.finetune.datasets import tfds_classification_dataset
 
 SPLITS = {
     "cifar10": ("train", "test", 10),

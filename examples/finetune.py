@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from common import accuracy, load_default, load_tfds, parser, quick_pretrain
+from keras_m3ae.finetune.augment import FineTuneAugmentation
 from keras_m3ae.models import M3AEImageClassifier
-from keras_m3ae.training.augment import FineTuneAugmentation
 
 
 def main():

@@ -17,8 +17,8 @@ from keras_m3ae.analysis import MahalanobisDetector
 from keras_m3ae.analysis import auroc
 from keras_m3ae.analysis import extract_features
 from keras_m3ae.analysis import max_softmax_score
+from keras_m3ae.finetune.datasets import dataset_to_numpy
 from keras_m3ae.models import M3AEImageClassifier
-from keras_m3ae.training.datasets import dataset_to_numpy
 
 
 def main():

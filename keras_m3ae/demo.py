@@ -124,7 +124,7 @@ def evaluation_data(directory, vocabulary, num_examples=3072, seed=1):
         `captions` (list of str).
     """
     from keras_m3ae.data import shapes
-    from keras_m3ae.training.datasets import default_classification_data
+    from keras_m3ae.finetune.datasets import default_classification_data
 
     result = default_classification_data(
         num_examples, image_size=IMAGE_SIZE, max_text_length=TEXT_LENGTH, seed=seed,

@@ -1,7 +1,6 @@
-"""The split pipeline: options, the reader shim, one crop rule set, one normalisation."""
+"""The split pipeline: options, one crop rule set, one normalisation."""
 
 import io
-import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from keras_m3ae.data import crops
 from keras_m3ae.data import transforms
 from keras_m3ae.data.constants import normalization_affine
 from keras_m3ae.data.options import ReaderOptions
-from keras_m3ae.training import augment
+from keras_m3ae.finetune import augment
 
 
 def png(pixels):
@@ -25,24 +24,6 @@ def png(pixels):
 
 def noise(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3)).astype(np.uint8)
-
-
-@pytest.mark.backend_independent
-def test_reader_shim_warns_and_forwards():
-    from keras_m3ae.data import reader
-
-    for name in ("image_text_dataset", "image_dataset", "text_dataset", "resolve_files",
-                 "shard_files", "default_shard", "finalize"):
-        with pytest.warns(DeprecationWarning, match=name):
-            moved = getattr(reader, name)
-        assert callable(moved)
-    with pytest.warns(DeprecationWarning):
-        assert reader.image_text_dataset is data.image_text_dataset
-    with pytest.raises(AttributeError):
-        reader.no_such_name  # noqa: B018
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert data.default_shard(0, 1) == (0, 1)  # the package's names do not warn
 
 
 @pytest.mark.backend_independent

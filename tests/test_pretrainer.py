@@ -324,18 +324,6 @@ def test_reconstruct_pastes_visible_patches():
     np.testing.assert_allclose(result["reconstructions"][mask], result["predictions"][mask], atol=1e-6)
 
 
-def test_deprecated_reconstruct_method_delegates():
-    pretrainer = tiny_pretrainer()
-    batch = tiny_batch()
-    image_noise, text_noise = _noise()
-    with pytest.warns(DeprecationWarning, match="analysis.reconstruct"):
-        old = pretrainer.reconstruct(batch, image_noise=image_noise, text_noise=text_noise)
-    new = keras_m3ae.analysis.reconstruct(pretrainer, batch, image_noise, text_noise)
-    assert set(old) == set(new)
-    for key in new:
-        np.testing.assert_array_equal(old[key], new[key])
-
-
 def test_pretrainer_config_and_keras_round_trip(tmp_path):
     pretrainer = tiny_pretrainer(norm_pix_loss=True, text_mask_ratio=0.5)
     set_random_weights(pretrainer, seed=9)

@@ -1,4 +1,4 @@
-"""Training aids: layer-wise lr decay, LARS, schedules, losses, TFDS pipelines."""
+"""Training recipes: layer-wise lr decay, LARS, schedules, losses, the optimizer updates."""
 
 import keras
 import numpy as np
@@ -12,9 +12,6 @@ from keras_m3ae.optimizers import layer_decay_multipliers
 from keras_m3ae.optimizers import learning_rate_multipliers
 from keras_m3ae.optimizers import warmup_cosine_schedule
 from keras_m3ae.optimizers import with_learning_rate_multipliers
-from keras_m3ae.training.augment import FineTuneAugmentation
-from keras_m3ae.training.datasets import default_classification_data
-from keras_m3ae.training.datasets import tfds_classification_dataset
 
 
 def _backbone(depth=3):
@@ -72,26 +69,6 @@ def test_recipes_hold_the_papers_numbers():
     configured.build(bb.trainable_variables)
     assert learning_rate_multipliers(configured)[bb.encoder.blocks[0].fc1.kernel.path] == 0.25
     assert not configured._use_weight_decay(bb.token_embedding.embeddings)
-
-
-@pytest.mark.parametrize(
-    "module, name, new",
-    [
-        ("keras_m3ae.training", "LARS", "keras_m3ae.optimizers"),
-        ("keras_m3ae.training", "layer_decay_multipliers", "keras_m3ae.optimizers"),
-        ("keras_m3ae.training", "ClassificationCrossentropy", "keras_m3ae.losses"),
-        ("keras_m3ae.optimizers", "ClassificationAccuracy", "keras_m3ae.losses"),
-        ("keras_m3ae.optimizers.losses", "ClassificationCrossentropy", "keras_m3ae.losses"),
-    ],
-)
-def test_moved_names_still_import_with_a_deprecation_warning(module, name, new):
-    import importlib
-
-    with pytest.warns(DeprecationWarning, match=f"moved to `{new}.{name}`"):
-        old = getattr(importlib.import_module(module), name)
-    assert old is getattr(importlib.import_module(new), name)
-    with pytest.raises(AttributeError):
-        getattr(importlib.import_module(module), "no_such_name")
 
 
 def _two_layer_model():
@@ -213,41 +190,6 @@ def test_loss_and_accuracy_take_hard_and_soft_labels():
     metric = ClassificationAccuracy()
     metric.update_state(np.array([[0.6, 0.4, 0.0], [0.0, 0.2, 0.8]], "float32"), logits)
     assert float(metric.result()) == 0.5
-
-
-def test_tfds_pipelines_with_mock_data():
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=12):
-        train = tfds_classification_dataset(
-            "cifar10", "train", batch_size=4, image_size=24, training=True,
-            augment=FineTuneAugmentation(num_classes=10, rand_augment=False, seed=1), seed=0,
-        )
-        batches = list(train.as_numpy_iterator())
-        assert len(batches) == 3
-        images, labels = batches[0]
-        assert images.shape == (4, 24, 24, 3) and labels.shape == (4, 10)
-        assert 0 <= images.min() and images.max() <= 255 and images.max() > 1
-        np.testing.assert_allclose(labels.sum(1), 1.0, atol=1e-5)
-        test = tfds_classification_dataset("cifar100", "test", batch_size=5, image_size=16)
-        batches = list(test.as_numpy_iterator())
-        assert [len(b[1]) for b in batches] == [5, 5, 2]  # evaluation keeps every example
-        assert batches[0][1].dtype == np.int32 and batches[0][1].max() < 100
-
-
-def test_default_classification_data_is_labelled_consistently():
-    data = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
-    assert data["images"].shape == (64, 32, 32, 3) and data["images"].dtype == np.uint8
-    names = keras_m3ae.data.SHAPE_CLASS_NAMES
-    assert data["labels"].min() >= 0 and data["labels"].max() < len(names)
-    assert len(np.unique(data["labels"])) >= 4
-    # Each caption names the labelled shape.
-    tokenizer = keras_m3ae.data.M3AETokenizer(max_text_length=16)
-    for ids, mask, label in zip(data["token_ids"], data["padding_mask"], data["labels"]):
-        name_ids, name_mask = tokenizer([names[label]])
-        assert set(name_ids[0][name_mask[0]]) <= set(ids[mask])
-    again = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
-    np.testing.assert_array_equal(again["images"], data["images"])
 
 
 @pytest.mark.parametrize("path", ["fused", "loop"])

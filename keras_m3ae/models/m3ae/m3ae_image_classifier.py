@@ -258,7 +258,7 @@ class M3AEImageClassifier(ImageClassifier):
         norms, CLS/type vectors and embeddings), layer-wise learning-rate
         decay 0.75, 5 warmup epochs, label smoothing 0.1. Mixup, CutMix and
         RandAugment belong to the input pipeline
-        (`keras_m3ae.training.augment`); drop path to the backbone
+        (`keras_m3ae.finetune.augment`); drop path to the backbone
         (`drop_path_rate=0.1` in `from_preset`).
 
         The learning rate is `base_learning_rate * batch_size / 256`: pass

@@ -1,7 +1,6 @@
 """M3AE / MAE pretraining: mask, encode visible tokens, decode, reconstruct."""
 
 import collections
-import warnings
 
 import keras
 from keras import ops
@@ -403,21 +402,6 @@ class M3AEPretrainer(keras.Model):
         return m3ae_distribution.pretrainer_layout_map(
             device_mesh, model_parallel_dim_name, data_parallel_dim_name
         )
-
-    # --- Deprecated ---
-
-    def reconstruct(self, inputs, image_noise=None, text_noise=None):
-        """Deprecated: use `keras_m3ae.analysis.reconstruct(pretrainer, inputs)`."""
-        warnings.warn(
-            "`M3AEPretrainer.reconstruct(batch)` is deprecated; use "
-            "`keras_m3ae.analysis.reconstruct(pretrainer, batch)`.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        # Imported here: analysis sits above models.
-        from keras_m3ae.analysis.visualization import reconstruct
-
-        return reconstruct(self, inputs, image_noise=image_noise, text_noise=text_noise)
 
     def get_config(self):
         config = super().get_config()

@@ -13,7 +13,7 @@ scale and the evaluation crop fraction.
 import tensorflow as tf
 
 from keras_m3ae.data import crops
-from keras_m3ae.training.rand_augment import batch_rand_augment
+from keras_m3ae.finetune.rand_augment import batch_rand_augment
 
 
 # MAE fine-tuning and linear probing crop a wider area range than pretraining.
@@ -170,7 +170,7 @@ class FineTuneAugmentation:
     """Batch-level fine-tuning augmentation with timm's semantics (MAE / M3AE).
 
     Per image, timm's RandAugment `rand-m9-mstd0.5-inc1`
-    (`keras_m3ae.training.rand_augment`); then, per batch, timm's `Mixup`
+    (`keras_m3ae.finetune.rand_augment`); then, per batch, timm's `Mixup`
     (mode "batch"): CutMix (alpha 1.0) with probability 0.5, else MixUp
     (alpha 0.8), one lambda for the batch, each image mixed with the one at
     the mirrored batch position. Label smoothing 0.1 belongs to the loss

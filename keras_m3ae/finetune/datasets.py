@@ -17,8 +17,8 @@ from keras_m3ae.data import crops
 from keras_m3ae.data import denormalize_image
 from keras_m3ae.data import image_text_dataset
 from keras_m3ae.data import write_shapes_dataset
-from keras_m3ae.training.augment import EVAL_CROP_FRACTION
-from keras_m3ae.training.augment import FINETUNE_CROP_SCALE
+from keras_m3ae.finetune.augment import EVAL_CROP_FRACTION
+from keras_m3ae.finetune.augment import FINETUNE_CROP_SCALE
 
 
 def tfds_classification_dataset(

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe with timm's semantics: RandAugment, MixUp / CutMix, label smoothing."""
+"""Fine-tuning inputs: timm's RandAugment, MixUp / CutMix, label smoothing, classification datasets."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,12 @@ from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
 
-from keras_m3ae.training import augment
-from keras_m3ae.training import rand_augment as ra
+import keras_m3ae
+from keras_m3ae.finetune import augment
+from keras_m3ae.finetune import rand_augment as ra
+from keras_m3ae.finetune.augment import FineTuneAugmentation
+from keras_m3ae.finetune.datasets import default_classification_data
+from keras_m3ae.finetune.datasets import tfds_classification_dataset
 
 FILL = ra.IMAGENET_FILL
 
@@ -206,3 +210,38 @@ def test_fine_tune_augmentation_in_a_pipeline():
     out, labels = plain(images, np.arange(4))
     np.testing.assert_array_equal(out.numpy(), images)
     np.testing.assert_array_equal(labels.numpy(), np.eye(4))
+
+
+def test_tfds_pipelines_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        train = tfds_classification_dataset(
+            "cifar10", "train", batch_size=4, image_size=24, training=True,
+            augment=FineTuneAugmentation(num_classes=10, rand_augment=False, seed=1), seed=0,
+        )
+        batches = list(train.as_numpy_iterator())
+        assert len(batches) == 3
+        images, labels = batches[0]
+        assert images.shape == (4, 24, 24, 3) and labels.shape == (4, 10)
+        assert 0 <= images.min() and images.max() <= 255 and images.max() > 1
+        np.testing.assert_allclose(labels.sum(1), 1.0, atol=1e-5)
+        test = tfds_classification_dataset("cifar100", "test", batch_size=5, image_size=16)
+        batches = list(test.as_numpy_iterator())
+        assert [len(b[1]) for b in batches] == [5, 5, 2]  # evaluation keeps every example
+        assert batches[0][1].dtype == np.int32 and batches[0][1].max() < 100
+
+
+def test_default_classification_data_is_labelled_consistently():
+    data = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
+    assert data["images"].shape == (64, 32, 32, 3) and data["images"].dtype == np.uint8
+    names = keras_m3ae.data.SHAPE_CLASS_NAMES
+    assert data["labels"].min() >= 0 and data["labels"].max() < len(names)
+    assert len(np.unique(data["labels"])) >= 4
+    # Each caption names the labelled shape.
+    tokenizer = keras_m3ae.data.M3AETokenizer(max_text_length=16)
+    for ids, mask, label in zip(data["token_ids"], data["padding_mask"], data["labels"]):
+        name_ids, name_mask = tokenizer([names[label]])
+        assert set(name_ids[0][name_mask[0]]) <= set(ids[mask])
+    again = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
+    np.testing.assert_array_equal(again["images"], data["images"])

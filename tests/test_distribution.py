@@ -73,10 +73,10 @@ def test_layout_map_rejects_unknown_axis():
     devices = keras.distribution.list_devices()[:1]
     mesh = keras.distribution.DeviceMesh((1, 1), ["data", "model"], devices)
     with pytest.raises(ValueError, match="'batch' is not an axis"):
-        m3ae_distribution.backbone_layout_map(mesh)
+        keras_m3ae.M3AEBackbone.get_layout_map(mesh)
     with pytest.raises(ValueError, match="DeviceMesh"):
-        m3ae_distribution.pretrainer_layout_map("not a mesh")
-    layout_map = m3ae_distribution.backbone_layout_map(mesh, data_parallel_dim_name="data")
+        keras_m3ae.M3AEPretrainer.get_layout_map("not a mesh")
+    layout_map = keras_m3ae.M3AEBackbone.get_layout_map(mesh, data_parallel_dim_name="data")
     assert tuple(layout_map["encoder/block_0/fc1/kernel"].axes) == ("data", "model")
 
 
@@ -88,7 +88,10 @@ def test_layout_patterns_come_from_layer_names(pretrainer):
     expected = {id(k): ("batch", "model") for k in column + [pretrainer.decoder.text_head.kernel]}
     expected.update({id(k): ("model", "batch") for k in row})
     expected[id(pretrainer.backbone.token_embedding.embeddings)] = ("model", "batch")
-    specs = m3ae_distribution.layout_specs(decoder=True)
+    specs = m3ae_distribution.layout_specs(
+        token_embedding=keras_m3ae.M3AEBackbone.TOKEN_EMBEDDING,
+        text_head=keras_m3ae.M3AEDecoder.TEXT_HEAD,
+    )
     found = {}
     for variable in pretrainer.weights:
         matches = [axes for pattern, axes in specs.items() if re.fullmatch(pattern, variable.path)]
@@ -96,7 +99,9 @@ def test_layout_patterns_come_from_layer_names(pretrainer):
         if matches:
             found[id(variable)] = matches[0]
     assert found == expected
-    backbone_specs = m3ae_distribution.layout_specs()
+    backbone_specs = m3ae_distribution.layout_specs(
+        token_embedding=keras_m3ae.M3AEBackbone.TOKEN_EMBEDDING
+    )
     assert not any(re.fullmatch(p, pretrainer.decoder.text_head.kernel.path) for p in backbone_specs)
 
 

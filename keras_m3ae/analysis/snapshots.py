@@ -10,7 +10,7 @@ import os
 import keras
 import numpy as np
 
-from keras_m3ae.analysis.visualization import _pixel_mask as pixel_mask
+from keras_m3ae.analysis.visualization import pixel_mask
 from keras_m3ae.analysis.visualization import reconstruct
 from keras_m3ae.analysis.visualization import to_pixels
 from keras_m3ae.data.constants import CC12M_MEAN

@@ -96,7 +96,7 @@ def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=
             image = to_pixels(result[key][r], mean, std)
             if key == "masked_images":
                 # Masked patches in grey, so they read as "removed".
-                image = np.where(_pixel_mask(result["image_mask"][r], image.shape), 0.5, image)
+                image = np.where(pixel_mask(result["image_mask"][r], image.shape), 0.5, image)
             ax = axes[r, c]
             ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
@@ -111,11 +111,27 @@ def plot_reconstructions(result, path=None, captions=None, mean=CC12M_MEAN, std=
     return fig
 
 
-def _pixel_mask(patch_mask, image_shape):
-    """`(num_patches,)` patch mask -> `(H, W, 1)` pixel mask (square patches)."""
+def pixel_mask(patch_mask, image_shape):
+    """A per-patch mask spread over the pixels of its (square) patches.
+
+    Args:
+        patch_mask: `(num_patches,)` bools, row-major over the patch grid.
+        image_shape: `(height, width, ...)` of the image.
+
+    Returns:
+        bool numpy array `(height, width, 1)`.
+
+    Example:
+    >>> pixel_mask([True, False, False, True], (4, 4, 3))[..., 0].astype(int)
+    array([[1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [0, 0, 1, 1],
+           [0, 0, 1, 1]])
+    """
+    patch_mask = np.asarray(patch_mask, bool)
     height, width = image_shape[:2]
     patch = int(round((height * width / patch_mask.shape[0]) ** 0.5))
-    grid = np.asarray(patch_mask, bool).reshape(height // patch, width // patch)
+    grid = patch_mask.reshape(height // patch, width // patch)
     return np.repeat(np.repeat(grid, patch, 0), patch, 1)[..., None]
 
 

@@ -20,7 +20,12 @@ M3AE/MAE fine-tuning pickles, official MAE fine-tuned `.pth`) into
 import json
 import os
 
+from keras_m3ae.convert import classifier
+from keras_m3ae.convert import hf_vitmae
+from keras_m3ae.convert import official_mae
+from keras_m3ae.convert import reference_m3ae
 from keras_m3ae.convert.common import CheckpointError
+from keras_m3ae.models.m3ae import m3ae_presets
 
 PRETRAINER_CONFIG = "pretrainer.json"
 PRETRAINER_WEIGHTS = "pretrainer.weights.h5"
@@ -43,8 +48,6 @@ def detect_format(path):
     >>> detect_format("vit-mae-base/")
     'hf_vitmae'
     """
-    from keras_m3ae.convert import hf_vitmae
-
     path = os.fspath(path)
     if os.path.isdir(path):
         if hf_vitmae.is_vitmae_dir(path):
@@ -109,33 +112,44 @@ def load_checkpoint(path, **overrides):
     """
     kind = detect_format(path)
     if kind == "reference_pickle":
-        from keras_m3ae.convert import reference_m3ae
-
         return reference_m3ae.load(path, **overrides)
     if kind == "official_mae":
-        from keras_m3ae.convert import official_mae
-
         return official_mae.load(path, **overrides)
     if kind == "hf_vitmae":
-        from keras_m3ae.convert import hf_vitmae
-
         return hf_vitmae.load(path, **overrides)
     return load_preset(path, **overrides)
 
 
 def load_classifier(path, **overrides):
-    """Loads a fine-tuned classifier as an `M3AEImageClassifier`.
+    """Loads a fine-tuned classifier checkpoint as an `M3AEImageClassifier`.
 
     Reference M3AE/MAE fine-tuning pickles and official MAE fine-tuned
     `.pth` files, each with its own pooling and head; see
     `keras_m3ae.convert.classifier`.
 
-    Example:
-    >>> clf = keras_m3ae.convert.load_classifier("finetuned/model.pkl")
-    """
-    from keras_m3ae.convert import classifier
+    Args:
+        path: str. A reference M3AE/MAE fine-tuning pickle
+            (`finetune_main.py`) or an official MAE fine-tuned `.pth`
+            (`main_finetune.py`, `models_vit.py`).
+        **overrides: backbone config keys (`num_heads`, ...) and classifier
+            arguments (`fine_tune_blocks`, `preprocessor`, `activation`...).
 
-    return classifier.load_classifier(path, **overrides)
+    Returns:
+        `M3AEImageClassifier` with the checkpoint's pooling and head.
+
+    Raises:
+        CheckpointError: as `load_checkpoint`, or the checkpoint holds no
+            classifier.
+
+    Example:
+    >>> clf = keras_m3ae.convert.load_classifier("mae_finetuned_vit_base.pth")
+    """
+    kind = detect_format(path)
+    if kind == "reference_pickle":
+        return classifier.load_reference(path, **overrides)
+    if kind == "official_mae":
+        return classifier.load_official(path, **overrides)
+    raise CheckpointError(f"{path}: a {kind} checkpoint holds no classifier")
 
 
 def load_backbone(path, **overrides):
@@ -203,6 +217,10 @@ def load_preset(preset_dir, **overrides):
     pretrainer.load_weights(os.path.join(preset_dir, PRETRAINER_WEIGHTS))
     return pretrainer
 
+
+# `M3AEBackbone.from_preset` loads a Hugging Face ViTMAE directory through
+# this converter; the models never import the converters.
+m3ae_presets.register_directory_loader(hf_vitmae.is_vitmae_dir, load_backbone)
 
 __all__ = [
     "CheckpointError",

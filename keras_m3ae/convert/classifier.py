@@ -20,7 +20,6 @@ import numpy as np
 from keras_m3ae.convert import common
 from keras_m3ae.convert import official_mae
 from keras_m3ae.convert import reference_m3ae
-from keras_m3ae.convert import safe_pickle
 
 
 _TEXT_TARGETS = ("backbone/token_embedding/embeddings", "backbone/text_position_type/type_embedding")
@@ -65,18 +64,11 @@ def _assign(path, classifier, weights, unused_ok=()):
 
 def load_reference(path, **overrides):
     """A reference M3AE/MAE fine-tuning pickle -> `M3AEImageClassifier`."""
-    try:
-        data = safe_pickle.load_pickle(path)
-    except safe_pickle.UnsafePickleError as error:
-        common.fail(path, f"unsafe pickle, nothing was run: {error}")
-    except Exception as error:
-        common.fail(path, f"cannot be read as a pickle ({type(error).__name__}: {error})")
-    state = reference_m3ae._state_dict(data.get("state")) if isinstance(data, dict) else None
-    params = reference_m3ae._unwrap(state.get("params")) if state else None
-    params = reference_m3ae._unwrap(params.get("params")) if isinstance(params, dict) else None
+    data = reference_m3ae.read_pickle(path)
+    params = reference_m3ae.params_tree(data.get("state")) if isinstance(data, dict) else None
     if not isinstance(params, dict) or "base_model" not in params or "Dense_0" not in params:
         common.fail(path, "not a reference fine-tuning checkpoint (no `base_model` / `Dense_0`)")
-    flat = reference_m3ae._flatten(path, params)
+    flat = reference_m3ae.flatten_params(path, params)
     variant = dict(data.get("variant") or {})
     base = {k[len("base_model/"):]: v for k, v in flat.items() if k.startswith("base_model/")}
     # The fine-tuning flags name the data `train_data`.
@@ -94,7 +86,7 @@ def load_reference(path, **overrides):
     weights = {}
     for source, value in base.items():
         name, array = common.converted(
-            path, f"base_model/{source}", value, reference_m3ae._target(source), "parameter"
+            path, f"base_model/{source}", value, reference_m3ae.target_of(source), "parameter"
         )
         if name in _TEXT_TARGETS and not backbone_config["vocabulary_size"]:
             continue  # an M3AE encoder fine-tuned on images: its text part is unused
@@ -158,7 +150,7 @@ def load_official(path, **overrides):
         # timm adds pos_embed[0] to the CLS token and nothing else: fold it in.
         weights["cls_token"] = np.asarray(weights["cls_token"]).reshape(-1) + positions[0]
     for key, value in weights.items():
-        target = official_mae._target(key)
+        target = official_mae.target_of(key)
         if target is not None and not target[0].startswith("backbone/"):
             target = None  # a decoder tensor in a classifier checkpoint
         name, array = common.converted(path, key, value, target)
@@ -166,29 +158,3 @@ def load_official(path, **overrides):
     unused = ("backbone/encoder/norm/gamma", "backbone/encoder/norm/beta") if global_pool else ()
     _assign(path, classifier, mapped, unused_ok=unused)
     return classifier
-
-
-def load_classifier(path, **overrides):
-    """Loads a fine-tuned classifier checkpoint as an `M3AEImageClassifier`.
-
-    Args:
-        path: str. A reference M3AE/MAE fine-tuning pickle
-            (`finetune_main.py`) or an official MAE fine-tuned `.pth`
-            (`main_finetune.py`, `models_vit.py`).
-        **overrides: backbone config keys (`num_heads`, ...) and classifier
-            arguments (`fine_tune_blocks`, `preprocessor`, `activation`...).
-
-    Returns:
-        `M3AEImageClassifier` with the checkpoint's pooling and head.
-
-    Example:
-    >>> clf = keras_m3ae.convert.load_classifier("mae_finetuned_vit_base.pth")
-    """
-    from keras_m3ae.convert import detect_format
-
-    kind = detect_format(path)
-    if kind == "reference_pickle":
-        return load_reference(path, **overrides)
-    if kind == "official_mae":
-        return load_official(path, **overrides)
-    common.fail(path, f"a {kind} checkpoint holds no classifier")

@@ -114,7 +114,8 @@ def canonical(key):
     return key
 
 
-def _target(key):
+def target_of(key):
+    """The model variable (and transform) for a ViTMAE state-dict key, or None."""
     return common.stack_target(key, TOP_MAP, _LAYER, LAYER_MAP, STACKS)
 
 
@@ -240,7 +241,7 @@ def load(path, **overrides):
             block = common.block_path(STACKS[match.group(1)], match.group(2), "attention/qkv")
             fused.setdefault((block, parts[3]), {})[parts[2]] = value
             continue
-        name, array = common.converted(file, key, value, _target(key))
+        name, array = common.converted(file, key, value, target_of(key))
         mapped[name] = array
     if not config.get("qkv_bias", True):  # no biases stored: they are zero
         for block, _ in list(fused):

@@ -55,7 +55,8 @@ POSITION_TABLES = {"pos_embed": "encoder", "decoder_pos_embed": "decoder"}
 _BLOCK = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$")
 
 
-def _target(key):
+def target_of(key):
+    """The model variable (and transform) for an official MAE state-dict key, or None."""
     return common.stack_target(key, TOP_MAP, _BLOCK, BLOCK_MAP, STACKS)
 
 
@@ -185,7 +186,7 @@ def load(path, **overrides):
                 path, key, value, model.backbone.grid_size, owner.hidden_dim
             )
             continue
-        name, array = common.converted(path, key, value, _target(key))
+        name, array = common.converted(path, key, value, target_of(key))
         mapped[name] = array
     common.assign_weights(path, model, mapped, has_decoder=has_decoder)
     return model

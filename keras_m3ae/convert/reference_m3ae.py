@@ -71,8 +71,8 @@ TOP_MAP = {
 STACKS = {"encoder": "backbone/encoder", "decoder": "decoder/transformer"}
 
 
-def _target(source):
-    """Model variable for a reference parameter path, or None."""
+def target_of(source):
+    """The model variable (and transform) for a reference parameter path, or None."""
     if source in TOP_MAP:
         return TOP_MAP[source]
     parts = source.split("/", 2)
@@ -93,12 +93,17 @@ def _unwrap(value):
     return value
 
 
-def _flatten(path, tree, prefix=""):
+def flatten_params(path, tree, prefix=""):
+    """A (possibly `FrozenDict`) parameter tree -> `{"a/b/c": float array}`.
+
+    Raises:
+        CheckpointError: a leaf is not a float array (naming what it is).
+    """
     tree = _unwrap(tree)
     out = {}
     if isinstance(tree, dict):
         for key, value in tree.items():
-            out.update(_flatten(path, value, f"{prefix}{key}/"))
+            out.update(flatten_params(path, value, f"{prefix}{key}/"))
         return out
     name = prefix[:-1]
     if isinstance(tree, np.ndarray) and tree.dtype.kind == "f":
@@ -125,6 +130,28 @@ def _state_dict(state):
     if isinstance(state, dict):
         return state
     return None
+
+
+def read_pickle(path):
+    """Reads a reference checkpoint with the restricted unpickler.
+
+    Raises:
+        CheckpointError: the pickle would run code (nothing is run), or it
+            cannot be read.
+    """
+    try:
+        return safe_pickle.load_pickle(path)
+    except safe_pickle.UnsafePickleError as error:
+        common.fail(path, f"unsafe pickle, nothing was run: {error}")
+    except Exception as error:  # truncated or not a pickle
+        common.fail(path, f"cannot be read as a pickle ({type(error).__name__}: {error})")
+
+
+def params_tree(state):
+    """The `params["params"]` tree of a pickled flax `TrainState`, or None."""
+    state = _state_dict(state)
+    params = _unwrap(state.get("params")) if state else None
+    return _unwrap(params.get("params")) if isinstance(params, dict) else None
 
 
 def read_config(path, variant, params, overrides):
@@ -227,19 +254,12 @@ def load(path, **overrides):
     Example:
     >>> pretrainer = load("model.pkl")
     """
-    try:
-        data = safe_pickle.load_pickle(path)
-    except safe_pickle.UnsafePickleError as error:
-        common.fail(path, f"unsafe pickle, nothing was run: {error}")
-    except Exception as error:  # truncated or not a pickle
-        common.fail(path, f"cannot be read as a pickle ({type(error).__name__}: {error})")
+    data = read_pickle(path)
     if not isinstance(data, dict) or "state" not in data or "variant" not in data:
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         common.fail(path, f"not a reference M3AE/MAE checkpoint: expected a dict with `variant` "
                           f"and `state`, found {found}")
-    state = _state_dict(data["state"])
-    params = _unwrap(state.get("params")) if state else None
-    params = _unwrap(params.get("params")) if isinstance(params, dict) else None
+    params = params_tree(data["state"])
     if not isinstance(params, dict):
         what = data["state"]
         what = what.qualname if hasattr(what, "qualname") else type(what).__name__
@@ -247,11 +267,11 @@ def load(path, **overrides):
     if "base_model" in params:
         common.fail(path, "a fine-tuned classifier checkpoint (`base_model` with a head); "
                           "load it with `load_classifier`")
-    flat = _flatten(path, params)
+    flat = flatten_params(path, params)
     backbone_config, pretrainer_config = read_config(path, data["variant"], flat, overrides)
     weights = {}
     for source, value in flat.items():
-        name, array = common.converted(path, source, value, _target(source), "parameter")
+        name, array = common.converted(path, source, value, target_of(source), "parameter")
         weights[name] = array
     pretrainer = common.build_pretrainer(backbone_config, pretrainer_config)
     common.assign_weights(path, pretrainer, weights)

@@ -16,12 +16,21 @@ from keras_m3ae.layers.embedding import ClassToken
 from keras_m3ae.layers.embedding import PatchEmbedding
 from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.transformer import TransformerStack
+from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae import m3ae_presets
 from keras_m3ae.optimizers.recipes import weight_decay_exclusions
 
 
-def _pair(size):
-    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+def image_size_pair(image_size):
+    """`(height, width)` of an `image_size` given as an int or a pair.
+
+    Example:
+    >>> image_size_pair(224)
+    (224, 224)
+    """
+    if isinstance(image_size, (list, tuple)):
+        return tuple(image_size)
+    return (image_size, image_size)
 
 
 class M3AEStructure(NamedTuple):
@@ -164,7 +173,7 @@ class M3AEBackbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        height, width = _pair(image_size)
+        height, width = image_size_pair(image_size)
         if height % patch_size or width % patch_size:
             raise ValueError(
                 f"`image_size` {image_size} is not divisible by `patch_size` "
@@ -181,8 +190,9 @@ class M3AEBackbone(Backbone):
             )
         grid_size = (height // patch_size, width // patch_size)
         source_grid = None
-        if pretrain_image_size is not None and _pair(pretrain_image_size) != (height, width):
-            ph, pw = _pair(pretrain_image_size)
+        source_size = None if pretrain_image_size is None else image_size_pair(pretrain_image_size)
+        if source_size is not None and source_size != (height, width):
+            ph, pw = source_size
             source_grid = (ph // patch_size, pw // patch_size)
             if learned_positions:
                 raise ValueError(
@@ -359,7 +369,7 @@ class M3AEBackbone(Backbone):
                 f"{sorted(self.input_names)} (got {sorted(inputs)})."
             )
         shape = tuple(inputs["images"].shape)
-        expected = _pair(self.image_size)
+        expected = image_size_pair(self.image_size)
         if len(shape) != 4:
             raise ValueError(
                 f"`images` must be a batch (batch, height, width, channels); got shape {shape}."
@@ -486,11 +496,11 @@ class M3AEBackbone(Backbone):
 
         See `keras_m3ae/models/m3ae/m3ae_distribution.py` for the layout.
         """
-        # Imported here: the layouts are built from this class's layer names.
-        from keras_m3ae.models.m3ae import m3ae_distribution
-
-        return m3ae_distribution.backbone_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        return m3ae_distribution.layout_map(
+            device_mesh,
+            model_parallel_dim_name,
+            data_parallel_dim_name,
+            token_embedding=cls.TOKEN_EMBEDDING,
         )
 
     @classmethod
@@ -511,14 +521,11 @@ class M3AEBackbone(Backbone):
         config = m3ae_presets.architecture_config(preset)
         if config is not None:
             return cls(**{**config, **kwargs})
-        # A local Hugging Face ViTMAE directory is converted on the fly;
-        # imported here because the converters sit above the models.
-        from keras_m3ae.convert.hf_vitmae import is_vitmae_dir
-
-        if is_vitmae_dir(preset):
-            from keras_m3ae.convert import load_backbone
-
-            return load_backbone(preset, **kwargs)
+        # A directory in another format (a Hugging Face ViTMAE directory) is
+        # converted by the loader `keras_m3ae.convert` registers.
+        load = m3ae_presets.directory_loader(preset)
+        if load is not None:
+            return load(preset, **kwargs)
         m3ae_presets.check_preset_directory(preset, load_weights)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 

@@ -21,8 +21,6 @@ import keras
 
 from keras_m3ae.layers.transformer import TransformerBlock
 from keras_m3ae.layers.transformer import TransformerStack
-from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
-from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 
 # Variable paths (print `[v.path for v in model.weights]`):
 #   token_embedding/embeddings                         (V, D)
@@ -36,32 +34,47 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 # so one block pattern serves the encoder and the decoder, and a prefix
 # (the pretrainer's name) is allowed. Layout maps are built before any model
 # exists, so the patterns come from the layers' own name constants: a
-# renamed layer changes its pattern with it.
+# renamed layer changes its pattern with it. The models pass their names in
+# (`M3AEBackbone.TOKEN_EMBEDDING`, `M3AEDecoder.TEXT_HEAD`): this module sits
+# below them.
 _ANY = r"(?:.*/)?"
 
 
-def layout_specs(model_parallel_dim_name="model", data_parallel_dim_name="batch", decoder=False):
+def layout_specs(
+    model_parallel_dim_name="model",
+    data_parallel_dim_name="batch",
+    token_embedding=None,
+    text_head=None,
+):
     """The layout as `{path regex: axes}`, without a device mesh.
 
     Args:
         model_parallel_dim_name: str. Model-parallel mesh axis.
         data_parallel_dim_name: str. Data-parallel mesh axis.
-        decoder: bool. Add the pretrainer decoder's vocabulary head.
+        token_embedding: optional str. Name of the text embedding layer
+            (`M3AEBackbone.TOKEN_EMBEDDING`), split along the vocabulary.
+        text_head: optional str. Name of the decoder's vocabulary head
+            (`M3AEDecoder.TEXT_HEAD`), split along the vocabulary.
 
     Returns:
         dict: regular expressions (matched against whole variable paths) to
         the axes of each kernel dimension.
+
+    Example:
+    >>> specs = layout_specs(token_embedding=M3AEBackbone.TOKEN_EMBEDDING)
     """
     model, data = model_parallel_dim_name, data_parallel_dim_name
     block = _ANY + TransformerStack.BLOCK_PREFIX + r"\d+/"
-    specs = {_ANY + M3AEBackbone.TOKEN_EMBEDDING + "/embeddings": (model, data)}
+    specs = {}
+    if token_embedding is not None:
+        specs[_ANY + token_embedding + "/embeddings"] = (model, data)
     # Column-parallel first matmuls, row-parallel second ones.
     for path in TransformerBlock.COLUMN_PARALLEL:
         specs[block + path + "/kernel"] = (data, model)
     for path in TransformerBlock.ROW_PARALLEL:
         specs[block + path + "/kernel"] = (model, data)
-    if decoder:
-        specs[_ANY + M3AEDecoder.TEXT_HEAD + "/kernel"] = (data, model)
+    if text_head is not None:
+        specs[_ANY + text_head + "/kernel"] = (data, model)
     return specs
 
 
@@ -82,10 +95,17 @@ def _check_mesh(device_mesh, model_parallel_dim_name, data_parallel_dim_name):
             )
 
 
-def backbone_layout_map(
-    device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
+def layout_map(
+    device_mesh,
+    model_parallel_dim_name="model",
+    data_parallel_dim_name="batch",
+    token_embedding=None,
+    text_head=None,
 ):
-    """`LayoutMap` sharding an `M3AEBackbone`'s (and any M3AE block's) weights.
+    """`LayoutMap` sharding M3AE blocks and the named vocabulary layers.
+
+    `M3AEBackbone.get_layout_map` and `M3AEPretrainer.get_layout_map` call
+    it with their layers' names.
 
     Args:
         device_mesh: `keras.distribution.DeviceMesh` with both axes below.
@@ -93,6 +113,8 @@ def backbone_layout_map(
             features, MLP hidden units and the vocabulary.
         data_parallel_dim_name: str. Mesh axis splitting the batch; kernels
             are also split over it on their other dimension.
+        token_embedding: optional str. See `layout_specs`.
+        text_head: optional str. See `layout_specs`.
 
     Returns:
         `keras.distribution.LayoutMap`.
@@ -101,43 +123,15 @@ def backbone_layout_map(
     >>> devices = keras.distribution.list_devices()
     >>> mesh = keras.distribution.DeviceMesh(
     ...     (len(devices) // 2, 2), ["batch", "model"], devices)
-    >>> layout_map = backbone_layout_map(mesh)
+    >>> layout_map = keras_m3ae.M3AEBackbone.get_layout_map(mesh)
     >>> keras.distribution.set_distribution(keras.distribution.ModelParallel(
     ...     layout_map=layout_map, batch_dim_name="batch"))
     """
-    return _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, False)
-
-
-def pretrainer_layout_map(
-    device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
-):
-    """`LayoutMap` for an `M3AEPretrainer`: backbone, decoder and heads.
-
-    The decoder's blocks share the backbone's block layout; its vocabulary
-    head `(decoder_hidden_dim, vocabulary_size)` is split along the
-    vocabulary.
-
-    Args:
-        device_mesh: `keras.distribution.DeviceMesh`.
-        model_parallel_dim_name: str. Model-parallel mesh axis.
-        data_parallel_dim_name: str. Data-parallel mesh axis.
-
-    Returns:
-        `keras.distribution.LayoutMap`.
-
-    Example:
-    >>> layout_map = pretrainer_layout_map(mesh)
-    >>> with keras.distribution.ModelParallel(
-    ...         layout_map=layout_map, batch_dim_name="batch").scope():
-    ...     pretrainer = keras_m3ae.M3AEPretrainer(backbone_fn(), ...)
-    """
-    return _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, True)
-
-
-def _layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name, decoder):
     _check_mesh(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
-    layout_map = keras.distribution.LayoutMap(device_mesh)
-    specs = layout_specs(model_parallel_dim_name, data_parallel_dim_name, decoder)
+    result = keras.distribution.LayoutMap(device_mesh)
+    specs = layout_specs(
+        model_parallel_dim_name, data_parallel_dim_name, token_embedding, text_head
+    )
     for pattern, axes in specs.items():
-        layout_map[pattern] = axes
-    return layout_map
+        result[pattern] = axes
+    return result

@@ -11,7 +11,7 @@ from keras_m3ae.losses import ClassificationAccuracy
 from keras_m3ae.losses import ClassificationCrossentropy
 from keras_m3ae.models.m3ae import m3ae_presets
 from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
-from keras_m3ae.models.m3ae.m3ae_backbone import _pair
+from keras_m3ae.models.m3ae.m3ae_backbone import image_size_pair
 from keras_m3ae.models.m3ae.m3ae_image_classifier_preprocessor import (
     M3AEImageClassifierPreprocessor,
 )
@@ -53,7 +53,8 @@ def _check_arguments(backbone, num_classes, pooling, fine_tune_blocks, feature_n
 def _rebuilt_backbone(backbone, image_size, drop_path_rate):
     """The backbone at another image size or drop-path rate, same weights."""
     changes = {}
-    if image_size is not None and _pair(image_size) != _pair(backbone.image_size):
+    size = image_size_pair(backbone.image_size)
+    if image_size is not None and image_size_pair(image_size) != size:
         changes["image_size"] = image_size
         changes["pretrain_image_size"] = backbone.pretrain_image_size or backbone.image_size
     if drop_path_rate is not None and drop_path_rate != backbone.drop_path_rate:
@@ -173,7 +174,7 @@ class M3AEImageClassifier(ImageClassifier):
         _set_trainable(backbone, fine_tune_blocks, final_norm)
         converter = getattr(preprocessor, "image_converter", None)
         if converter is not None:
-            converter.image_size = _pair(backbone.image_size)
+            converter.image_size = image_size_pair(backbone.image_size)
         head_dtype = head_dtype or backbone.dtype_policy
 
         # === Layers ===
@@ -206,7 +207,7 @@ class M3AEImageClassifier(ImageClassifier):
         )
 
         # === Functional Model ===
-        height, width = _pair(backbone.image_size)
+        height, width = image_size_pair(backbone.image_size)
         images = keras.Input((height, width, backbone.num_channels), name="images")
         x = _pooled_features(backbone, images, pooling, final_norm)
         for layer in (self.head_norm, self.feature_norm_layer):

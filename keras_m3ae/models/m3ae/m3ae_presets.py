@@ -101,3 +101,33 @@ def check_preset_directory(preset, load_weights=True):
             f"Preset directory {preset!r} is incomplete: no {', '.join(missing)} "
             "(write presets with `save_to_preset`)."
         )
+
+
+# Loaders for directories in other formats (a Hugging Face ViTMAE directory),
+# as `(matches, load)` pairs. `keras_m3ae.convert` registers its converters
+# here when it is imported (the package's `__init__` imports it), so
+# `M3AEBackbone.from_preset` reaches them without the models importing the
+# converters.
+_DIRECTORY_LOADERS = []
+
+
+def register_directory_loader(matches, load):
+    """Lets `M3AEBackbone.from_preset` load another kind of directory.
+
+    Args:
+        matches: callable `preset -> bool`: whether `load` reads it.
+        load: callable `(preset, **config_overrides) -> M3AEBackbone`.
+
+    Example:
+    >>> register_directory_loader(hf_vitmae.is_vitmae_dir, convert.load_backbone)
+    """
+    if (matches, load) not in _DIRECTORY_LOADERS:
+        _DIRECTORY_LOADERS.append((matches, load))
+
+
+def directory_loader(preset):
+    """The registered loader that reads `preset`, or None."""
+    for matches, load in _DIRECTORY_LOADERS:
+        if matches(preset):
+            return load
+    return None

@@ -12,6 +12,7 @@ from keras_m3ae.layers.masking import random_masking
 from keras_m3ae.layers.masking import random_text_masking
 from keras_m3ae.layers.patching import patchify
 from keras_m3ae.models.m3ae import m3ae_distribution
+from keras_m3ae.models.m3ae.m3ae_backbone import M3AEBackbone
 from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import TEXT_LOSS_REDUCTIONS
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
@@ -399,8 +400,12 @@ class M3AEPretrainer(keras.Model):
 
         See `keras_m3ae/models/m3ae/m3ae_distribution.py` for the layout.
         """
-        return m3ae_distribution.pretrainer_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        return m3ae_distribution.layout_map(
+            device_mesh,
+            model_parallel_dim_name,
+            data_parallel_dim_name,
+            token_embedding=M3AEBackbone.TOKEN_EMBEDDING,
+            text_head=M3AEDecoder.TEXT_HEAD,
         )
 
     def get_config(self):

@@ -12,6 +12,7 @@ from keras_m3ae import _host_memory  # noqa: F401
 from keras_m3ae import analysis
 from keras_m3ae import convert
 from keras_m3ae import data
+from keras_m3ae import finetune
 from keras_m3ae import layers
 from keras_m3ae import losses
 from keras_m3ae import optimizers

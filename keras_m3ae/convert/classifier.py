@@ -13,6 +13,9 @@
   fine-tuning: a `pos_embed` that moved away from the fixed sin-cos table
   becomes a trainable table (`learned_positions=True`), its class-token row
   folded into the CLS vector (the two are only ever added).
+
+`keras_m3ae.convert.load_classifier(path)` detects the format and calls
+`load_reference` or `load_official`.
 """
 
 import numpy as np

@@ -10,6 +10,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import compare  # noqa: E402
 
+# Argument parsing and printing only: no Keras backend involved.
+pytestmark = pytest.mark.backend_independent
+
 
 def test_defaults_time_all_three_backends_briefly_at_tiny():
     args = compare.parse_args([])

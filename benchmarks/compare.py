@@ -26,7 +26,9 @@ Timing (`common.time_blocks`): after warm-up steps, blocks of
 and the order flips every round, so a shared machine's load drift hits all
 alike. For each pair it prints the fastest and the median block (seconds per
 step) and the ratio peer time / our time of each (> 1: ours is faster),
-then how much of the machine the process had.
+then how much of the machine the process had. On a shared machine, pass
+`--threads 1`: with several threads, torch's OpenMP barriers wait for
+descheduled threads and steps swing 2-10x.
 
 `--tune-cpu-host` calls `keras_m3ae.tune_cpu_host()` in each backend's
 process before anything compiles (process-wide CPU settings; see its

@@ -234,3 +234,36 @@ def sync(outputs):
     """Waits for a result: converts one scalar of it to numpy."""
     leaf = keras.tree.flatten(outputs)[0]
     return keras.ops.convert_to_numpy(keras.ops.reshape(leaf, (-1,))[:1])
+
+
+def time_blocks(contenders, rounds, block_steps, warmup=2):
+    """Seconds per step of blocks of steps, contenders alternating, order flipping.
+
+    Each contender (`{name: step()}`, each `step` waiting for its result) runs
+    `warmup` steps first; then every round runs one block of `block_steps`
+    steps of each contender, in order on even rounds and in reverse order on
+    odd ones, so drift in the machine's load hits all of them alike.
+
+    Returns:
+        `{name: [seconds per step of each block]}`, `rounds` blocks each.
+    """
+    for step in contenders.values():
+        for _ in range(warmup):
+            step()
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            for _ in range(block_steps):
+                contenders[name]()
+            times[name].append((time.perf_counter() - start) / block_steps)
+    return times
+
+
+def machine_line(cpu0, wall0):
+    """How much of the machine a run had since `time.process_time()`, `time.perf_counter()`."""
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"process CPU/wall {cpu / wall:.2f} (of {os.cpu_count()} cores), "
+            f"load average {load}")

@@ -64,9 +64,8 @@ def token_cross_entropy(logits, token_ids):
     """Cross-entropy of each token, `(B, T)`, from logits `(B, T, vocabulary_size)`.
 
     log-sum-exp minus the target's logit: the value of the one-hot
-    cross-entropy, without a log-softmax and a one-hot over the vocabulary
-    (forward + backward over 4 x 64 x 30522 logits: 3.3x faster on JAX's CPU,
-    2.1x on torch, 1.4x on TensorFlow; `benchmarks/op_variants.py`).
+    cross-entropy, without building a log-softmax and a one-hot over the
+    whole vocabulary.
 
     Args:
         logits: float `(B, T, vocabulary_size)`.
@@ -118,9 +117,8 @@ def text_prediction_loss(logits, token_ids, mask, reduction="per_example"):
     logits = ops.cast(logits, "float32")
     token_ids = ops.cast(token_ids, "int32")
     per_token = token_cross_entropy(logits, token_ids)
-    # Not `argmax == target`: on JAX this max is the one logsumexp takes
-    # (XLA shares it), while an argmax, a reduction over (value, index)
-    # pairs on XLA:CPU, took 15 ms (13 %) of a tiny M3AE train step
-    # (4 x 64 x 30522 logits; `benchmarks/RESULTS.md`).
+    # Not `argmax == target`: this max is the one logsumexp takes (XLA
+    # computes it once), while an argmax is another pass over the logits,
+    # a reduction over (value, index) pairs.
     hits = ops.cast(_target_logits(logits, token_ids) >= ops.max(logits, axis=-1), "float32")
     return reduce(per_token, mask), reduce(hits, mask)

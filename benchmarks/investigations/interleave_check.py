@@ -3,7 +3,7 @@
 Three contenders, each a whole training step that donates its state: our
 `M3AEPretrainer` through `train_on_batch`, the same Keras `train_step`
 compiled and called directly (no trainer around it), and the reference Flax
-M3AE (`reference_compare.py` builds both, same sizes and optimizer). Each runs
+M3AE (`peers.py` builds both, same sizes and optimizer). Each runs
 `--steps` single timed steps in three protocols:
 
 - blocks: all steps of one contender, then the next (ours first);
@@ -19,7 +19,7 @@ instructions by model region (`hlo_bytes.region_times`' table, events told
 apart by their `hlo_module`): a region that slows when interleaved (cache
 misses, memory) shows there.
 
-    PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/interleave_check.py \\
+    PYTHONPATH=$PWD /work/refenv/bin/python benchmarks/investigations/interleave_check.py \\
         --reference /work/refsrc/young-geng+m3ae_public --size tiny --steps 16 --trace
 """
 
@@ -34,24 +34,26 @@ import time
 
 os.environ["KERAS_BACKEND"] = "jax"  # both programs are JAX, whatever the shell says
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
-import reference_compare as rc  # noqa: E402
 
 OURS, TOB, REF = "ours: compiled step", "ours: train_on_batch", "reference"
 
 
 def contenders(size, batch, reference_path):
     """{name: step()} and, for tracing, {name: (compiled program, step)} of the two programs."""
-    import common  # keras_m3ae (and its XLA flag) before the reference compiles anything
+    import common  # keras_m3ae before the reference compiles anything
     import jax
+    import peers
 
-    ref = rc.import_reference(reference_path)
-
-    data = rc.batch_arrays(batch, rc.IMAGE_SIZE[size], common.MAX_TEXT_LENGTH,
-                           common.VOCABULARY_SIZE)
-    model = rc.ours_jax(size, batch, None)
-    jitted, ref_args, _ = rc.reference_step(ref, size, data)
+    try:
+        ref = peers.import_reference(reference_path)
+    except peers.PeerUnavailable as e:
+        sys.exit(f"interleave_check: the reference M3AE: {e}")
+    data = peers.batch_arrays(batch, peers.REFERENCE_IMAGE_SIZE[size], common.MAX_TEXT_LENGTH,
+                              common.VOCABULARY_SIZE)
+    model = peers.ours_for_reference(size)
+    jitted, ref_args, _ = peers.reference_step(ref, size, data)
     model.train_on_batch(data)  # builds the optimizer
     arrays = jax.tree.map(jax.numpy.asarray, data)
     # A copy of the state for the direct step: it donates its buffers, and
@@ -157,7 +159,9 @@ def main(argv=None):
         print(f"  reference / ours (medians): compiled step "
               f"{medians[protocol, REF] / medians[protocol, OURS]:.2f}x, train_on_batch "
               f"{medians[protocol, REF] / medians[protocol, TOB]:.2f}x")
-    rc.load_line(cpu0, wall0)
+    import common
+
+    print(f"machine: {common.machine_line(cpu0, wall0)}")
     if not args.trace:
         return
     names = list(programs)

@@ -10,7 +10,7 @@ program's instructions are YNNPACK fusions with a reduction, and times the
 operation behind the flag alone: the bias gradient of the text head, a sum
 over the leading axis of a `(512, 30522)` array.
 
-    python benchmarks/xla_flags_check.py --size base --batch 8 --rounds 4
+    python benchmarks/investigations/xla_flags_check.py --size base --batch 8 --rounds 4
 """
 
 import argparse
@@ -23,7 +23,8 @@ import time
 # This script compares both settings itself; the package must not set the flag.
 os.environ["KERAS_M3AE_KEEP_XLA_FLAGS"] = "1"
 os.environ["KERAS_BACKEND"] = "jax"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (common, peers)
 
 import common  # noqa: E402
 import jax  # noqa: E402

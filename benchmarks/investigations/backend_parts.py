@@ -20,7 +20,7 @@ Every backend runs the same `keras.ops` graph, so a part that one backend
 runs faster points at how that backend compiles it. Pin the process to one
 core for steady figures:
 
-    taskset -c 1 python benchmarks/backend_parts.py --size base --batch 8 --threads 1
+    taskset -c 1 python benchmarks/investigations/backend_parts.py --size base --batch 8 --threads 1
 """
 
 import argparse
@@ -28,9 +28,10 @@ import json
 import os
 import sys
 
-import per_backend
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (common, per_backend)
+
+import per_backend  # noqa: E402
 
 
 def _part_models(pretrainer, batch_size, keras, np):
@@ -76,7 +77,7 @@ def _part_models(pretrainer, batch_size, keras, np):
 
 
 def worker(args):
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     import common
     import keras
     import numpy as np

@@ -12,8 +12,8 @@ difference of values and gradients).
   one-hot) against the library's `token_cross_entropy` (log-sum-exp minus
   the target's logit), which `text_prediction_loss` uses.
 
-    KERAS_BACKEND=jax python benchmarks/op_variants.py attention --shape 4 321 512 16
-    KERAS_BACKEND=torch python benchmarks/op_variants.py text-loss
+    KERAS_BACKEND=jax python benchmarks/investigations/op_variants.py attention --shape 4 321 512 16
+    KERAS_BACKEND=torch python benchmarks/investigations/op_variants.py text-loss
 """
 
 import argparse

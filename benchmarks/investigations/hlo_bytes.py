@@ -11,9 +11,9 @@ stack), by op kind (fusion kind and the op at its root, or the plain
 opcode), or by the `op_name` path itself. With several files it prints them
 side by side, sorted by the difference between the first and the last.
 
-    python benchmarks/hlo_bytes.py /tmp/hlo/ours_forward_backward.hlo.txt \\
+    python benchmarks/investigations/hlo_bytes.py /tmp/hlo/ours_forward_backward.hlo.txt \\
         /tmp/hlo/reference_forward_backward.hlo.txt --by region
-    python benchmarks/hlo_bytes.py A.hlo.txt --top 20   # the largest instructions
+    python benchmarks/investigations/hlo_bytes.py A.hlo.txt --top 20   # the largest instructions
 
 The rules follow XLA's `HloCostAnalysis`: parameters, constants,
 tuples, get-tuple-element and bitcasts cost nothing; a fusion reads of each

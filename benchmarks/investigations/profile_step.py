@@ -8,8 +8,8 @@ interleaved (ours, peer, ours, ...), then profiles one step of each with
 aten kernels and the top ops. `train_on_batch` is timed too: its excess over
 the sum of the phases is the Keras trainer's own per-call cost.
 
-    python benchmarks/profile_step.py --size base --batch 2 --steps 5
-    python benchmarks/profile_step.py --size base --batch 2 --jit   # + torch.compile
+    python benchmarks/investigations/profile_step.py --size base --batch 2 --steps 5
+    python benchmarks/investigations/profile_step.py --size base --batch 2 --jit   # + torch.compile
 """
 
 import argparse
@@ -21,7 +21,8 @@ import sys
 import time
 
 os.environ["KERAS_BACKEND"] = "torch"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (common, peers)
 
 import common  # noqa: E402
 import keras  # noqa: E402
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 from torch.profiler import record_function  # noqa: E402
-from vitmae_compare import build_peer  # noqa: E402
+from peers import build_vitmae  # noqa: E402
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -125,7 +126,7 @@ def main():
     ours = common.build(args.size, text=False, image_mask_ratio=args.mask_ratio)
     ours.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
     data = common.batch(ours, args.batch)
-    peer = build_peer(args.size, args.mask_ratio)
+    peer = build_vitmae(args.size, args.mask_ratio, norm_pix_loss=False)
     steps = {"ours": our_phases(ours, data), "peer": peer_phases(peer, data)}
     if args.stock_adam:
         stock = common.build(args.size, text=False, image_mask_ratio=args.mask_ratio)

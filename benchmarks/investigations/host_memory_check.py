@@ -11,8 +11,8 @@ rounds spread the drift of a shared machine over both settings. With
 `--backend tensorflow`, where the package leaves malloc alone, the first
 setting gives the worker the same three settings through `GLIBC_TUNABLES`.
 
-    python benchmarks/host_memory_check.py --size small --batch 4 --rounds 3
-    python benchmarks/host_memory_check.py --backend torch --size small --rounds 2
+    python benchmarks/investigations/host_memory_check.py --size small --batch 4 --rounds 3
+    python benchmarks/investigations/host_memory_check.py --backend torch --size small --rounds 2
 """
 
 import argparse
@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 
 def worker(args):
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     import common  # noqa: E402  (imports keras_m3ae: the settings apply here)
     import keras
 
@@ -69,7 +69,7 @@ def main(argv=None):
     if args.worker:
         worker(args)
         return
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     import per_backend
 
     from keras_m3ae._host_memory import TUNABLES  # for TensorFlow, which the package leaves alone

@@ -15,8 +15,8 @@ random gradients, four ways, in alternating blocks in one process:
 Keras's columns go through `optimizer.apply` (weight decay with its
 exclusions, the learning rate, the step count); torch's through `step()`.
 
-    python benchmarks/adam_update.py --size tiny --threads 1
-    python benchmarks/adam_update.py --size base --threads 1 --rounds 4
+    python benchmarks/investigations/adam_update.py --size tiny --threads 1
+    python benchmarks/investigations/adam_update.py --size base --threads 1 --rounds 4
 """
 
 import argparse
@@ -27,7 +27,8 @@ import sys
 import time
 
 os.environ["KERAS_BACKEND"] = "torch"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (common, peers)
 
 import common  # noqa: E402
 import keras  # noqa: E402

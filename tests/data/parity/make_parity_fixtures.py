@@ -45,8 +45,10 @@ packages must never enter the project's environment):
 
 Versions used for the committed fixtures: python 3.11, jax/jaxlib 0.10.2,
 flax 0.12.8, optax 0.2.8, chex 0.1.92, transformers 5.25.0, torch
-2.13.0+cpu, numpy 2.4.6, cloudpickle 3.1.3; m3ae_public at its newest
-commit (the code is unchanged since 2022). `m3ae_main.py` imports packages
+2.13.0+cpu, numpy 2.4.6, cloudpickle 3.1.3; young-geng/m3ae_public at
+a5eb14f851a2ad9b4fe84768af9d853b1e10436e; MAE's training rules read from
+facebookresearch/mae at efb2a8062c206524e35e47d04501ed4f544c0ae8 (not
+imported: the HF model stands in for `models_mae.py`). `m3ae_main.py` imports packages
 it does not use in a train step (wandb, gcsfs, skimage, torchvision, timm,
 dill, vqgan_jax); missing ones are replaced by empty stand-in modules for
 the import only.
@@ -77,7 +79,8 @@ BETAS = (0.9, 0.95)
 EPSILON = 1e-8
 MASK_RATIO = 0.75
 IMAGE_LOSS_WEIGHT = 1.0
-TEXT_LOSS_WEIGHT = 0.5  # the paper and the reference README's command; m3ae_main.py's flag default is 0.1
+# The paper's and the reference README's command; m3ae_main.py's flag default is 0.1.
+TEXT_LOSS_WEIGHT = 0.5
 NORM_PIX_LOSS = False  # main_pretrain.py's default (PRETRAIN.md's command passes --norm_pix_loss)
 
 M3AE_INIT = "m3ae_init.pkl"
@@ -409,7 +412,8 @@ def m3ae_decay_groups(model, params):
     flattened = flax.traverse_util.flatten_dict(flax.core.frozen_dict.unfreeze(params))
     no_decay = model.no_decay_list()
     decayed = {"/".join(k[1:]): all(part not in no_decay for part in k) for k in flattened}
-    return sorted(k for k, v in decayed.items() if v), sorted(k for k, v in decayed.items() if not v)
+    return (sorted(k for k, v in decayed.items() if v),
+            sorted(k for k, v in decayed.items() if not v))
 
 
 # --------------------------------------------------------------------------
@@ -544,7 +548,9 @@ def make_mae(out, seed=200):
     images = _images(seed + 2)
     noise = rng.uniform(size=(STEPS, BATCH, NUM_PATCHES)).astype("float32")
     losses, final = train_mae(_load_vitmae(directory), images, noise)
-    np.savez_compressed(os.path.join(out, MAE_TRAJECTORY), images=images, image_noise=noise, losses=losses)
+    np.savez_compressed(
+        os.path.join(out, MAE_TRAJECTORY), images=images, image_noise=noise, losses=losses
+    )
     np.savez(os.path.join(out, MAE_FINAL), **final)
     _write_losses(os.path.join(out, MAE_LOSSES), [losses], ["step", "loss"])
     return model, losses, final
@@ -598,7 +604,9 @@ def _differences(out, result):
             per_param_no_key_bias[k] = float(rest.max()) if rest.size else 0.0
         worst = sorted(per_param, key=per_param.get, reverse=True)[:3]
         report[name] = {
-            "loss_max_relative": float(np.max(np.abs(losses - saved_losses) / np.abs(saved_losses))),
+            "loss_max_relative": float(
+                np.max(np.abs(losses - saved_losses) / np.abs(saved_losses))
+            ),
             "final_weights_max_abs": max(per_param.values()),
             "final_weights_max_abs_without_key_bias": max(per_param_no_key_bias.values()),
             "largest": {k: per_param[k] for k in worst},

@@ -1,14 +1,10 @@
-"""keras-m3ae: Multimodal Masked Autoencoders for Keras 3."""
+"""keras-m3ae: Multimodal Masked Autoencoders for Keras 3.
 
-# First, so `python -m keras_m3ae` can load TensorFlow before the rest does.
-from keras_m3ae import _startup  # noqa: F401
+Importing the package changes nothing outside it (environment, allocator,
+logging, warnings filters). `tune_cpu_host()` is the one, explicit call that
+tunes the process for training on a CPU host.
+"""
 
-# Before anything compiles: XLA reads XLA_FLAGS at its first compilation.
-from keras_m3ae import _xla_flags  # noqa: F401
-
-# Before JAX starts its threads: glibc binds a thread to a heap at its first
-# allocation.
-from keras_m3ae import _host_memory  # noqa: F401
 from keras_m3ae import analysis
 from keras_m3ae import convert
 from keras_m3ae import data
@@ -16,6 +12,7 @@ from keras_m3ae import layers
 from keras_m3ae import losses
 from keras_m3ae import optimizers
 from keras_m3ae import training
+from keras_m3ae.host_tuning import tune_cpu_host
 from keras_m3ae.models import M3AEBackbone
 from keras_m3ae.models import M3AEDecoder
 from keras_m3ae.models import M3AEImageClassifier

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_m3ae import _startup
+from keras_m3ae import __main__ as demo_command
 from keras_m3ae import analysis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +21,7 @@ def test_demo_entry_point_prints_only_its_own_lines():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m keras_m3ae")
+    assert "pretrains a tiny M3AE" in result.stdout and "m3ae_demo_output" in result.stdout
     # No TensorFlow / oneDNN / CUDA / absl lines, nothing at all on stderr.
     assert result.stderr == ""
 
@@ -44,8 +45,8 @@ def test_only_known_tensorflow_messages_are_filtered():
         "ImportError: libcudnn.so.9: cannot open shared object file\n",
         "UserWarning: something the user should see\n",
     ]
-    assert all(_startup.is_known_noise(line) for line in noise)
-    assert not any(_startup.is_known_noise(line) for line in real)
+    assert all(demo_command.is_known_noise(line) for line in noise)
+    assert not any(demo_command.is_known_noise(line) for line in real)
 
 
 @pytest.mark.backend_independent  # the demo's own logic; the analysis runs on every backend elsewhere

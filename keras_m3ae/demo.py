@@ -4,9 +4,8 @@ Used by `python -m keras_m3ae` and by the classification examples, so the
 encoder they probe is the one the demo pretrains. The data is the shapes
 set's `centered` layout (one large shape, 8 classes, in one of 8 colours on
 a background of another, captioned "a red star on a blue background"), and
-the recipe is the one `benchmarks/paper_trends.py` measured: there, ~3000
-steps of it lift a linear probe to twice as far above chance as a random
-encoder's.
+the recipe (3072 steps of AdamW) lifts a linear probe on the encoder's CLS
+feature well above a random encoder's.
 
 Keras and the data pipeline are imported where they are used, so that the
 demo's `--help` answers at once.

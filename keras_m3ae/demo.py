@@ -30,7 +30,7 @@ def caption_words():
     """Every word the shapes captions use (both layouts)."""
     from keras_m3ae.data import shapes
 
-    words = {"a", "in", "the", "on", "background"}
+    words = {"a", "an", "in", "the", "on", "background"}
     words |= set(shapes.SIZES) | set(shapes.COLORS) | set(shapes.SHAPE_CLASS_NAMES)
     words |= {word for name, _, _ in shapes.POSITIONS for word in name.split()}
     return sorted(words)

@@ -1,8 +1,13 @@
-"""Glue shared by the classification examples: data and a quick pretraining."""
+"""Glue shared by the classification examples: data, and the demo's encoder.
+
+Without `--preset`, the examples use the encoder that `python -m keras_m3ae`
+saves (`m3ae_demo_output/preset`); where there is none yet they pretrain it
+first, the same way, into the same folder, so the next run reuses it.
+Nothing is written to the system temporary folder.
+"""
 
 import argparse
 import os
-import tempfile
 import time
 
 import keras
@@ -14,6 +19,8 @@ from keras_m3ae.finetune.datasets import dataset_to_numpy
 from keras_m3ae.finetune.datasets import default_classification_data
 from keras_m3ae.finetune.datasets import tfds_classification_dataset
 
+DEMO_OUTPUT = "m3ae_demo_output"
+DEMO_PRESET = os.path.join(DEMO_OUTPUT, "preset")
 SPLITS = {
     "cifar10": ("train", "test", 10),
     "cifar100": ("train", "test", 100),
@@ -26,13 +33,13 @@ def parser(description):
     p.add_argument("--dataset", default="default", choices=["default"] + list(SPLITS))
     p.add_argument("--data_dir", default=None, help="TFDS data directory.")
     p.add_argument("--preset", default=None,
-                   help="Pretrained backbone preset directory. Default: pretrain "
-                        "the tiny demo model on the built-in data first.")
+                   help="Pretrained backbone preset directory. Default: the demo's "
+                        f"encoder, {DEMO_PRESET} (pretrained first if it is not there).")
     p.add_argument("--image_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--pretrain_epochs", type=int, default=demo.EPOCHS,
-                   help="Epochs of the demo pretraining when no --preset is given.")
+                   help=f"Epochs of the demo pretraining, when {DEMO_PRESET} is pretrained here.")
     p.add_argument("--num_examples", type=int, default=1024,
                    help="Size of the built-in dataset.")
     p.add_argument("--base_lr", type=float, default=None,
@@ -61,25 +68,38 @@ def load_tfds(name, data_dir, image_size, batch_size, augment=None, crop_scale=(
     return train, test, num_classes
 
 
-def quick_pretrain(epochs, seed=0, num_examples=demo.NUM_EXAMPLES):
+def tune_host():
+    """`keras_m3ae.tune_cpu_host()`, with a line saying what it did."""
+    print(keras_m3ae.tune_cpu_host(verbose=False))
+
+
+def default_preset(args):
+    """`--preset`, else the demo's encoder (pretrained here first if it is not there yet)."""
+    if args.preset is not None:
+        return args.preset
+    if args.dataset != "default":
+        raise SystemExit("Give --preset: a pretrained backbone for this dataset.")
+    if os.path.isdir(DEMO_PRESET):
+        print(f"encoder: the demo's, from {DEMO_PRESET} (written by `python -m keras_m3ae`)")
+        return DEMO_PRESET
+    steps = args.pretrain_epochs * demo.NUM_EXAMPLES // 64
+    print(f"encoder: no {DEMO_PRESET} yet, so the demo's tiny M3AE is pretrained first, as "
+          f"`python -m keras_m3ae` does ({args.pretrain_epochs} epochs, {steps} steps; at the "
+          "default 24 epochs about 8-10 minutes on 2 CPU cores with JAX, longer with TensorFlow "
+          f"or torch), and saved to {DEMO_PRESET} for the next run")
+    return quick_pretrain(args.pretrain_epochs, seed=args.seed)
+
+
+def quick_pretrain(epochs, seed=0, num_examples=demo.NUM_EXAMPLES, directory=DEMO_OUTPUT):
     """Pretrains the demo's tiny M3AE (as `python -m keras_m3ae` does); returns its preset."""
-    directory = tempfile.mkdtemp(prefix="m3ae_pretrained_")
     shards, vocabulary = demo.write_demo_data(directory, num_examples, seed=seed)
     start = time.time()
     pretrainer, history = demo.pretrain_demo(shards, vocabulary, num_examples, epochs=epochs,
-                                             seed=seed, verbose=2)
+                                             seed=seed)
     logs = {k: round(float(v[-1]), 4) for k, v in history.history.items()}
     print(f"pretrained {epochs} epochs in {time.time() - start:.0f} s: {logs}")
     path = os.path.join(directory, "preset")
     pretrainer.backbone.save_to_preset(path)
-    return path
-
-
-def random_preset(like, seed=0):
-    """A randomly initialised encoder of the same architecture as preset `like`."""
-    keras.utils.set_random_seed(seed + 1)
-    path = os.path.join(tempfile.mkdtemp(prefix="m3ae_random_"), "preset")
-    keras_m3ae.M3AEBackbone.from_preset(like, load_weights=False).save_to_preset(path)
     return path
 
 

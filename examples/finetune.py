@@ -1,6 +1,6 @@
 """Partial or full fine-tuning of an M3AE encoder (AdamW, layer decay, mixup/cutmix).
 
-    python examples/finetune.py                          # built-in data, CPU minutes
+    python examples/finetune.py                          # built-in data, the demo's encoder
     python examples/finetune.py --dataset imagenet2012 --data_dir ~/tensorflow_datasets \
         --preset /path/to/pretrained_preset --epochs 100 --batch_size 1024
     python examples/finetune.py --fine_tune_blocks 2     # partial: last 2 blocks
@@ -8,13 +8,16 @@
 Recipe (MAE Table 8): AdamW base lr 1e-3 * batch / 256, weight decay 0.05,
 betas (0.9, 0.999), layer decay 0.75, warmup 5 epochs + cosine, drop path
 0.1, label smoothing 0.1, RandAugment, mixup 0.8 / cutmix 1.0 (TFDS runs).
+
+With no `--preset` it fine-tunes the demo's encoder (`m3ae_demo_output/preset`,
+written by `python -m keras_m3ae`; pretrained here first if it is not there).
 """
 
 import time
 
 import numpy as np
 
-from common import accuracy, load_default, load_tfds, parser, quick_pretrain
+from common import accuracy, default_preset, load_default, load_tfds, parser, tune_host
 from keras_m3ae.finetune.augment import FineTuneAugmentation
 from keras_m3ae.models import M3AEImageClassifier
 
@@ -25,13 +28,14 @@ def main():
     p.add_argument("--layer_decay", type=float, default=None)
     p.add_argument("--drop_path_rate", type=float, default=0.1)
     args = p.parse_args()
+    tune_host()
     start = time.time()
     image_size = args.image_size
     if args.dataset == "default":
         args.epochs = args.epochs or 10
         data, train, test = load_default(args.num_examples, args.seed)
         num_classes = int(data["labels"].max()) + 1
-        preset = args.preset or quick_pretrain(args.pretrain_epochs, seed=args.seed)
+        preset = default_preset(args)
     else:
         if args.preset is None:
             raise SystemExit("Give --preset: a pretrained backbone for this dataset.")
@@ -58,7 +62,8 @@ def main():
         clf.compile(batch_size=args.batch_size, epochs=args.epochs,
                     steps_per_epoch=int(train.cardinality()),
                     layer_decay=args.layer_decay, base_learning_rate=args.base_lr)
-        clf.fit(train, validation_data=test, epochs=args.epochs, verbose=2)
+        clf.fit(train, validation_data=test, epochs=args.epochs, verbose=2,
+                shuffle=False)  # the tf.data pipeline shuffles
         acc = accuracy(clf, test)
     mode = "full" if args.fine_tune_blocks is None else f"last {args.fine_tune_blocks} blocks"
     print(f"fine-tuning ({mode}) accuracy: {acc:.4f} ({time.time() - start:.0f} s)")

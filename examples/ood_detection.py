@@ -1,6 +1,6 @@
 """Out-of-distribution detection with encoder features (M3AE Fig. 6).
 
-    python examples/ood_detection.py                     # built-in data
+    python examples/ood_detection.py                     # built-in data, the demo's encoder
     python examples/ood_detection.py --dataset cifar100 --data_dir ~/tensorflow_datasets \
         --preset /path/to/finetuned_or_pretrained_preset
 
@@ -8,11 +8,13 @@ In-distribution: the dataset's classes (CIFAR-100 for the paper); out: CIFAR-10
 (with `--dataset cifar100`) or, for the built-in data, four of the eight shape
 classes held out of training. Mahalanobis scores use the frozen encoder's CLS
 features; max-softmax uses a linear probe trained on top. Prints AUROC.
+With no `--preset` it uses the demo's encoder (`m3ae_demo_output/preset`,
+written by `python -m keras_m3ae`; pretrained here first if it is not there).
 """
 
 import numpy as np
 
-from common import load_default, load_tfds, parser, quick_pretrain
+from common import default_preset, load_default, load_tfds, parser, tune_host
 from keras_m3ae.analysis import MahalanobisDetector
 from keras_m3ae.analysis import auroc
 from keras_m3ae.analysis import extract_features
@@ -23,6 +25,7 @@ from keras_m3ae.models import M3AEImageClassifier
 
 def main():
     args = parser(__doc__).parse_args()
+    tune_host()
     if args.dataset == "default":
         args.epochs = args.epochs or 30
         data, (x_train, y_train), (x_test, y_test) = load_default(args.num_examples, args.seed)
@@ -30,7 +33,7 @@ def main():
         x_in_train, y_in_train = x_train[inside(y_train)], y_train[inside(y_train)]
         x_in, x_out = x_test[inside(y_test)], x_test[~inside(y_test)]
         num_classes = 4
-        preset = args.preset or quick_pretrain(args.pretrain_epochs, seed=args.seed)
+        preset = default_preset(args)
         image_size = None
     else:
         if args.preset is None:

@@ -1,27 +1,67 @@
-"""keras-m3ae: Multimodal Masked Autoencoders for Keras 3."""
+"""keras-m3ae: Multimodal Masked Autoencoders for Keras 3.
 
-# First, so `python -m keras_m3ae` can load TensorFlow before the rest does.
-from keras_m3ae import _startup  # noqa: F401
+Importing the package changes nothing outside it (environment, allocator,
+logging, warnings filters). `tune_cpu_host()` is the one, explicit call that
+tunes the process for training on a CPU host.
 
-# Before anything compiles: XLA reads XLA_FLAGS at its first compilation.
-from keras_m3ae import _xla_flags  # noqa: F401
+The package's own command lines (`python -m keras_m3ae`, `python -m
+keras_m3ae.convert`, `python -m keras_m3ae.data`) import what they use
+themselves: while Python imports the package to find one of them, the
+package's names are loaded on first use instead of at once, so that
+`--help` answers without loading keras-hub and TensorFlow. Any other import
+loads everything (and registers the models, layers and presets with Keras
+and keras-hub) as usual.
+"""
 
-# Before JAX starts its threads: glibc binds a thread to a heap at its first
-# allocation.
-from keras_m3ae import _host_memory  # noqa: F401
-from keras_m3ae import analysis
-from keras_m3ae import convert
-from keras_m3ae import data
-from keras_m3ae import finetune
-from keras_m3ae import layers
-from keras_m3ae import losses
-from keras_m3ae import optimizers
-from keras_m3ae import training
-from keras_m3ae.models import M3AEBackbone
-from keras_m3ae.models import M3AEDecoder
-from keras_m3ae.models import M3AEImageClassifier
-from keras_m3ae.models import M3AEImageClassifierPreprocessor
-from keras_m3ae.models import M3AEImageConverter
-from keras_m3ae.models import M3AEPretrainer
+import importlib
+import sys
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_NAMES = {
+    "tune_cpu_host": "keras_m3ae.host_tuning",
+    "M3AEBackbone": "keras_m3ae.models",
+    "M3AEDecoder": "keras_m3ae.models",
+    "M3AEImageClassifier": "keras_m3ae.models",
+    "M3AEImageClassifierPreprocessor": "keras_m3ae.models",
+    "M3AEImageConverter": "keras_m3ae.models",
+    "M3AEPretrainer": "keras_m3ae.models",
+}
+_SUBPACKAGES = (
+    "analysis", "convert", "data", "finetune", "layers", "losses", "optimizers", "training",
+)
+
+
+def _finding_a_command_line():
+    """Whether Python is importing the package to run `python -m keras_m3ae[.name]`.
+
+    While `-m` looks for its module, `sys.argv[0]` is "-m" (Python's
+    documented behaviour); `sys.orig_argv` names the module.
+    """
+    argv = list(getattr(sys, "orig_argv", ()))
+    if sys.argv[:1] != ["-m"] or "-m" not in argv[:-1]:
+        return False
+    module = argv[argv.index("-m") + 1]
+    return module == __name__ or module.startswith(__name__ + ".")
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBPACKAGES))
+
+
+if not _finding_a_command_line():
+    for _name in (*_SUBPACKAGES, *_NAMES):
+        __getattr__(_name)
+    del _name

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_m3ae import _startup
+from keras_m3ae import __main__ as demo_command
 from keras_m3ae import analysis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +21,7 @@ def test_demo_entry_point_prints_only_its_own_lines():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m keras_m3ae")
+    assert "pretrains a tiny M3AE" in result.stdout and "m3ae_demo_output" in result.stdout
     # No TensorFlow / oneDNN / CUDA / absl lines, nothing at all on stderr.
     assert result.stderr == ""
 
@@ -44,8 +45,31 @@ def test_only_known_tensorflow_messages_are_filtered():
         "ImportError: libcudnn.so.9: cannot open shared object file\n",
         "UserWarning: something the user should see\n",
     ]
-    assert all(_startup.is_known_noise(line) for line in noise)
-    assert not any(_startup.is_known_noise(line) for line in real)
+    assert all(demo_command.is_known_noise(line) for line in noise)
+    assert not any(demo_command.is_known_noise(line) for line in real)
+
+
+@pytest.mark.backend_independent
+def test_shapes_captions_use_an_before_a_vowel_and_the_demo_vocabulary_has_every_word():
+    from keras_m3ae import demo
+    from keras_m3ae.data import shapes
+
+    rng = np.random.default_rng(0)
+    captions = {
+        layout: [shapes.render_shape_example(rng, 32, layout, colors=colors)[1]
+                 for colors in (("orange", "white"), ("white", "orange"), ("red", "blue"))]
+        for layout in ("centered", "grid")
+    }
+    orange, on_orange, red = captions["centered"]
+    assert orange.startswith("an orange ") and orange.endswith(" on a white background")
+    assert on_orange.startswith("a white ") and on_orange.endswith(" on an orange background")
+    assert red.startswith("a red ") and red.endswith(" on a blue background")
+    for caption in captions["grid"]:  # "a small" / "a large"
+        assert caption.split()[0] == "a"
+    assert captions["grid"][1].endswith(" on an orange background")
+    assert shapes.object_mask(np.zeros((32, 32, 3), "uint8"), on_orange).all()  # the background word is read
+    words = set(demo.caption_words())
+    assert all(set(c.split()) <= words for c in captions["centered"] + captions["grid"])
 
 
 @pytest.mark.backend_independent  # the demo's own logic; the analysis runs on every backend elsewhere

@@ -60,11 +60,42 @@ def test_classification_examples_on_tfds(name, tmp_path, monkeypatch, capsys):
     preset = str(tmp_path / "tiny")
     tiny_backbone(image_size=16, patch_size=4).save_to_preset(preset)
     monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    # The examples tune the process (`keras_m3ae.tune_cpu_host`); the test process stays as it is.
+    import keras_m3ae
+    from keras_m3ae.host_tuning import HostTuning
+
+    not_here = {"xla_flag": "not in tests", "malloc": "not in tests"}
+    monkeypatch.setattr(keras_m3ae, "tune_cpu_host", lambda verbose=True: HostTuning(False, False, not_here))
     monkeypatch.setattr(sys, "argv", [name, "--dataset", "cifar10", "--preset", preset,
                                       "--epochs", "1", "--batch_size", "4", "--image_size", "16"])
     with tfds.testing.mock_data(num_examples=8):
         load_example(name).main()
     out = capsys.readouterr().out
-    printed = re.findall(r"(?:accuracy|AUROC[^:]*):\s*([0-9.]+)", out)
+    printed = re.findall(r"(?:accuracy|AUROC[^:]*|random init):?\s*([0-9.]+)", out)
     assert printed, out
     assert all(0.0 <= float(v) <= 1.0 for v in printed)
+    assert "keras_m3ae.tune_cpu_host():" in out  # says what it did to the process
+    if name == "linear_probe":  # the random-init baseline next to the result
+        assert re.search(r"pretrained [0-9.]+  random init [0-9.]+", out), out
+
+
+@pytest.mark.backend_independent
+def test_examples_reuse_the_demo_preset_and_pretrain_into_it_otherwise(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    common = load_example("common")
+    monkeypatch.chdir(tmp_path)
+    pretrained = []
+    monkeypatch.setattr(common, "quick_pretrain",
+                        lambda epochs, seed=0: pretrained.append(epochs) or common.DEMO_PRESET)
+    args = common.parser("").parse_args([])
+    assert common.default_preset(args) == common.DEMO_PRESET
+    assert pretrained == [24]  # none there yet: pretrained first, as the demo does
+    assert "pretrained first" in capsys.readouterr().out
+    os.makedirs(tmp_path / common.DEMO_PRESET)
+    assert common.default_preset(args) == common.DEMO_PRESET
+    assert pretrained == [24]  # reused
+    assert "the demo's, from m3ae_demo_output/preset" in capsys.readouterr().out
+    given = common.parser("").parse_args(["--preset", "elsewhere"])
+    assert common.default_preset(given) == "elsewhere"
+    with pytest.raises(SystemExit, match="Give --preset"):
+        common.default_preset(common.parser("").parse_args(["--dataset", "cifar10"]))

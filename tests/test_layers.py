@@ -114,158 +114,94 @@ def test_attention_fast_and_explicit_paths_agree_with_padding(monkeypatch):
     )
 
 
-def _block_outputs_and_grads(block, x, mask, training):
-    """On torch: the block's output, and the gradients of its squared sum w.r.t. `x` and weights."""
-    import torch
-
-    for v in block.trainable_weights:
-        v.value.grad = None
-    x = torch.tensor(x, requires_grad=True)
-    y = block(x, attention_mask=mask, training=training)
-    assert keras.backend.standardize_dtype(y.dtype) == block.compute_dtype
-    ops.sum(ops.square(ops.cast(y, "float32"))).backward()
-    grads = [ops.convert_to_numpy(v.value.grad) for v in block.trainable_weights]
-    return ops.convert_to_numpy(ops.cast(y, "float32")), ops.convert_to_numpy(x.grad), grads
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's fast path")
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("gelu_approximate", [False, True])
-def test_torch_block_path_matches_the_keras_layers(monkeypatch, dtype, gelu_approximate):
-    from keras_m3ae.layers import torch_block
+@pytest.fixture
+def fast_path_switch():
+    """`set_torch_fast_path`, restored to on afterwards."""
+    yield layers.set_torch_fast_path
+    layers.set_torch_fast_path(True)
 
+
+def _randomised_stack(dtype="float32", **kwargs):
     keras.utils.set_random_seed(0)
-    block = layers.TransformerBlock(16, 2, drop_path_rate=0.5, gelu_approximate=gelu_approximate, dtype=dtype)
-    block.build((3, 5, 16))
-    for v in block.trainable_weights:  # no zero biases or unit gammas: every weight counts
-        v.assign(v + np.random.default_rng(1).normal(0, 0.1, v.shape))
-    x = np.random.default_rng(2).normal(size=(3, 5, 16)).astype("float32")
-    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
-    state = ops.convert_to_numpy(block.drop_path.seed_generator.state)
-    taken = []
-    monkeypatch.setattr(torch_block, "call", lambda *a, _call=torch_block.call: taken.append(1) or _call(*a))
-    results = {}
-    for path in ("torch", "keras"):
-        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
-        for training in (False, True):
-            block.drop_path.seed_generator.state.assign(state)  # the same examples dropped
-            results[path, training] = _block_outputs_and_grads(block, x, mask, training)
-    assert len(taken) == 2  # the torch path ran, once per `training`
-
-    def assert_close(a, b):
-        if dtype == "float32":
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        else:  # bfloat16's 8 bits: the fused bias add rounds once where Keras rounds twice
-            np.testing.assert_allclose(a, b, rtol=0, atol=2**-5 * np.abs(b).max())
-
-    for training in (False, True):
-        fast, slow = results["torch", training], results["keras", training]
-        for a, b in zip([fast[0], fast[1], *fast[2]], [slow[0], slow[1], *slow[2]]):
-            assert_close(a, b)
-    # Drop path ran on the torch path: training changed the output, and
-    # padded keys (example 0's last two tokens) never reached the others.
-    assert not np.allclose(results["torch", True][0], results["torch", False][0])
-    x2 = x.copy()
-    x2[0, 3:] += 5.0
-    monkeypatch.setattr(transformer, "_torch_backend", lambda: True)
-    y2 = ops.convert_to_numpy(ops.cast(block(x2, attention_mask=mask), "float32"))
-    np.testing.assert_allclose(y2[0, :3], results["torch", False][0][0, :3], rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
-def test_torch_block_path_leaves_other_layer_settings_to_keras(monkeypatch):
-    from keras_m3ae.layers import torch_block
-
-    block = layers.TransformerBlock(16, 2)
-    block.build((2, 5, 16))
-    assert torch_block.supports(block)
-    # LoRA reads through `Dense.kernel`: still the torch path, with the same result.
-    block.fc1.enable_lora(2)
-    block.fc1.lora_kernel_b.assign(np.random.default_rng(0).normal(0, 1, (2, 64)))
-    assert torch_block.supports(block)
-    x = np.random.default_rng(1).normal(size=(2, 5, 16)).astype("float32")
-    outputs = {}
-    for path in ("torch", "keras"):
-        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
-        outputs[path] = ops.convert_to_numpy(block(x))
-    monkeypatch.setattr(block.fc1, "lora_enabled", False)  # the adapter changes the output
-    assert not np.allclose(ops.convert_to_numpy(block(x)), outputs["keras"], atol=1e-3)
-    np.testing.assert_allclose(outputs["torch"], outputs["keras"], rtol=1e-5, atol=1e-6)
-    block.norm2.rms_scaling = True
-    assert not torch_block.supports(block)
-    block.norm2.rms_scaling = False
-    block.fc2.activation = keras.activations.relu
-    assert not torch_block.supports(block)
-    block.fc2.activation = keras.activations.linear
-    assert torch_block.supports(block)
-
-    class ScaledAttention(layers.MultiHeadSelfAttention):  # a subclass may compute otherwise
-        pass
-
-    other = layers.TransformerBlock(16, 2)
-    other.attention = ScaledAttention(16, 2)
-    other.build((2, 5, 16))
-    assert not torch_block.supports(other)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own block path")
-def test_torch_block_path_reads_stateless_variables():
-    block = layers.TransformerBlock(16, 2)
-    block.build((2, 5, 16))
-    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
-    rng = np.random.default_rng(1)
-    values = [ops.convert_to_numpy(v) + rng.normal(0, 0.1, v.shape).astype("float32")
-              for v in block.trainable_variables]
-    stateless, _ = block.stateless_call(values, [], x)  # numpy input, as stateless_call passes it
-    before = ops.convert_to_numpy(block(x))
-    for v, value in zip(block.trainable_variables, values):
-        v.assign(value)
-    np.testing.assert_allclose(ops.convert_to_numpy(stateless), ops.convert_to_numpy(block(x)), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(ops.convert_to_numpy(stateless), before, atol=1e-3)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own stack path")
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_torch_stack_path_matches_the_keras_layers(monkeypatch, dtype):
-    import torch
-
-    from keras_m3ae.layers import torch_block
-
-    keras.utils.set_random_seed(0)
-    stack = layers.TransformerStack(3, 16, 2, drop_path_rate=0.5, dtype=dtype)
+    stack = layers.TransformerStack(3, 16, 2, drop_path_rate=0.5, dtype=dtype, **kwargs)
     stack.build((3, 5, 16))
     rng = np.random.default_rng(1)
     for v in stack.trainable_weights:  # no zero biases or unit gammas: every weight counts
         v.assign(v + rng.normal(0, 0.1, v.shape))
-    x = np.random.default_rng(2).normal(size=(3, 5, 16)).astype("float32")
-    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    return stack
+
+
+_X = np.random.default_rng(2).normal(size=(3, 5, 16)).astype("float32")
+_MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+
+
+def test_fast_path_is_chosen_for_torch_only_and_switched_off_by_one_call(fast_path_switch):
+    stack = _randomised_stack()
+    on_torch = keras.backend.backend() == "torch"
+    assert (layers.fast_path_for(stack) is not None) == on_torch
+    fast_path_switch(False)
+    assert layers.fast_path_for(stack) is None
+    fast_path_switch(True)
+    assert (layers.fast_path_for(stack) is not None) == on_torch
+
+
+def test_torch_block_module_does_not_import_the_transformer_module():
+    """No import cycle: `transformer` chooses `torch_block`, which never imports it back."""
+    import ast
+    import pathlib
+
+    source = pathlib.Path(transformer.__file__).with_name("torch_block.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    assert not any("transformer" in name for name in imported), imported
+    assert "keras_m3ae.layers.dense" in imported  # the walk sees its imports
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("gelu_approximate", [False, True])
+def test_torch_fast_path_matches_the_keras_ops_forward(monkeypatch, fast_path_switch, dtype,
+                                                       gelu_approximate):
+    import torch
+
+    from keras_m3ae.layers import torch_block
+
+    stack = _randomised_stack(dtype, gelu_approximate=gelu_approximate)
     generators = [b.drop_path.seed_generator for b in stack.blocks[1:]]  # block 0's rate is 0
     states = [ops.convert_to_numpy(g.state) for g in generators]
     taken = []
     monkeypatch.setattr(
         torch_block, "call_stack", lambda *a, _call=torch_block.call_stack: taken.append(1) or _call(*a)
     )
+    cases = ((False, True), (True, True), (True, False))  # (training, final_norm)
     results = {}
-    for path in ("torch", "keras"):
-        monkeypatch.setattr(transformer, "_torch_backend", lambda path=path: path == "torch")
-        for training, final_norm in ((False, True), (True, True), (True, False)):
+    for fast in (True, False):
+        fast_path_switch(fast)
+        for training, final_norm in cases:
             for generator, state in zip(generators, states):  # the same examples dropped
                 generator.state.assign(state)
             for v in stack.trainable_weights:
                 v.value.grad = None
-            inputs = torch.tensor(x, requires_grad=True)
-            y = stack(inputs, attention_mask=mask, training=training, final_norm=final_norm)
+            inputs = torch.tensor(_X, requires_grad=True)
+            y = stack(inputs, attention_mask=_MASK, training=training, final_norm=final_norm)
             assert keras.backend.standardize_dtype(y.dtype) == stack.compute_dtype
             ops.sum(ops.square(ops.cast(y, "float32"))).backward()
-            results[path, training, final_norm] = [
+            results[fast, training, final_norm] = [
                 ops.convert_to_numpy(ops.cast(y, "float32")),
                 ops.convert_to_numpy(inputs.grad),
                 *[None if v.value.grad is None else ops.convert_to_numpy(v.value.grad)
                   for v in stack.trainable_weights],
             ]
-    assert len(taken) == 3  # the torch path ran for each call
-    for key in ((False, True), (True, True), (True, False)):
-        for fast, slow in zip(results[("torch", *key)], results[("keras", *key)]):
+    assert len(taken) == len(cases)  # the fast path ran for each call, and only when on
+    for key in cases:
+        for fast, slow in zip(results[(True, *key)], results[(False, *key)]):
             if slow is None:  # the final norm's weights without `final_norm`
                 assert fast is None and not key[1]
             elif dtype == "float32":
@@ -273,31 +209,89 @@ def test_torch_stack_path_matches_the_keras_layers(monkeypatch, dtype):
             else:  # bfloat16: the fused bias add rounds once where Keras rounds twice
                 np.testing.assert_allclose(fast, slow, rtol=0, atol=2**-5 * np.abs(slow).max())
     # Drop path and the final norm took part.
-    torch_out = {k[1:]: v[0] for k, v in results.items() if k[0] == "torch"}
-    assert not np.allclose(torch_out[True, True], torch_out[False, True])
-    assert not np.allclose(torch_out[True, True], torch_out[True, False])
+    fast_out = {k[1:]: v[0] for k, v in results.items() if k[0]}
+    assert not np.allclose(fast_out[True, True], fast_out[False, True])
+    assert not np.allclose(fast_out[True, True], fast_out[True, False])
+    # Padded keys (example 0's last two tokens) never reach the others.
+    fast_path_switch(True)
+    x2 = _X.copy()
+    x2[0, 3:] += 5.0
+    y2 = ops.convert_to_numpy(ops.cast(stack(x2, attention_mask=_MASK), "float32"))
+    np.testing.assert_allclose(y2[0, :3], fast_out[False, True][0, :3], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own stack path")
-def test_torch_stack_path_leaves_what_only_layer_calls_do_to_keras():
-    from keras_m3ae.layers import torch_block
+@torch_only
+def test_torch_fast_path_leaves_other_layer_settings_to_keras(fast_path_switch):
+    stack = _randomised_stack()
+    assert layers.fast_path_for(stack) is not None
+    # LoRA reads through `Dense.kernel`: still the fast path, with the same result.
+    fc1 = stack.blocks[1].fc1
+    fc1.enable_lora(2)
+    fc1.lora_kernel_b.assign(np.random.default_rng(0).normal(0, 1, (2, 64)))
+    assert layers.fast_path_for(stack) is not None
+    outputs = {}
+    for fast in (True, False):
+        fast_path_switch(fast)
+        outputs[fast] = ops.convert_to_numpy(stack(_X))
+    fc1.lora_enabled = False  # the adapter changes the output
+    assert not np.allclose(ops.convert_to_numpy(stack(_X)), outputs[False], atol=1e-3)
+    fc1.lora_enabled = True
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-6)
+    fast_path_switch(True)
+    norm2 = stack.blocks[0].norm2
+    norm2.rms_scaling = True
+    assert layers.fast_path_for(stack) is None
+    norm2.rms_scaling = False
+    fc2 = stack.blocks[2].fc2
+    fc2.activation = keras.activations.relu
+    assert layers.fast_path_for(stack) is None
+    fc2.activation = keras.activations.linear
+    assert layers.fast_path_for(stack) is not None
 
+    class ScaledAttention(layers.MultiHeadSelfAttention):  # a subclass may compute otherwise
+        pass
+
+    other = layers.TransformerStack(3, 16, 2)
+    other.blocks[1].attention = ScaledAttention(16, 2)
+    other.build((3, 5, 16))
+    assert layers.fast_path_for(other) is None
+
+
+@torch_only
+def test_torch_fast_path_reads_stateless_variables():
+    stack = layers.TransformerStack(2, 16, 2)
+    stack.build((2, 5, 16))
+    assert layers.fast_path_for(stack) is not None
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+    rng = np.random.default_rng(1)
+    values = [ops.convert_to_numpy(v) + rng.normal(0, 0.1, v.shape).astype("float32")
+              for v in stack.trainable_variables]
+    stateless, _ = stack.stateless_call(values, [], x)  # numpy input, as stateless_call passes it
+    before = ops.convert_to_numpy(stack(x))
+    for v, value in zip(stack.trainable_variables, values):
+        v.assign(value)
+    np.testing.assert_allclose(ops.convert_to_numpy(stateless), ops.convert_to_numpy(stack(x)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ops.convert_to_numpy(stateless), before, atol=1e-3)
+
+
+@torch_only
+def test_torch_fast_path_leaves_what_only_layer_calls_do_to_keras():
     def stack(**kwargs):
         s = layers.TransformerStack(2, 16, 2, **kwargs)
         s.build((2, 5, 16))
         return s
 
-    assert torch_block.supports_stack(stack())
-    assert torch_block.supports_stack(stack(dtype="mixed_bfloat16"))
+    assert layers.fast_path_for(stack()) is not None
+    assert layers.fast_path_for(stack(dtype="mixed_bfloat16")) is not None
     with keras.RematScope(mode="full"):  # rematerialisation is applied by `Layer.__call__`
-        assert not torch_block.supports_stack(stack())
+        assert layers.fast_path_for(stack()) is None
     regularised = stack()
     regularised.blocks[1].activity_regularizer = keras.regularizers.L2(0.1)
-    assert not torch_block.supports_stack(regularised)
+    assert layers.fast_path_for(regularised) is None
     other_dtype = stack()
     other_dtype.blocks[0] = layers.TransformerBlock(16, 2, dtype="bfloat16")
     other_dtype.blocks[0].build((2, 5, 16))
-    assert not torch_block.supports_stack(other_dtype)
+    assert layers.fast_path_for(other_dtype) is None
 
     class Block(layers.TransformerBlock):  # a subclass may compute otherwise
         pass
@@ -305,10 +299,7 @@ def test_torch_stack_path_leaves_what_only_layer_calls_do_to_keras():
     subclassed = stack()
     subclassed.blocks[0] = Block(16, 2)
     subclassed.blocks[0].build((2, 5, 16))
-    assert not torch_block.supports_stack(subclassed)
-    unsupported = stack()
-    unsupported.blocks[1].fc2.activation = keras.activations.relu
-    assert not torch_block.supports_stack(unsupported)
+    assert layers.fast_path_for(subclassed) is None
 
 
 def test_attention_rejects_indivisible_heads():

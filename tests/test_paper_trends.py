@@ -22,7 +22,8 @@ def test_centered_shapes_show_what_their_caption_says():
         pixels, caption, label = shapes.render_shape_example(rng, 32, layout="centered")
         words = caption.split()
         color, shape, background = words[1], words[2], words[5]
-        assert caption == f"a {color} {shape} on a {background} background"
+        assert caption == (f"{shapes.article(color)} {color} {shape} on {shapes.article(background)} "
+                           f"{background} background")
         assert shape == shapes.SHAPE_CLASS_NAMES[label]
         assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
         # The corner is background, the centre the shape (a ring's centre is

@@ -164,79 +164,27 @@ def test_jax_centered_layer_norm_moves_fewer_bytes_in_the_backward_pass(monkeypa
     assert ours < 0.97 * keras_norm, (ours, keras_norm)
 
 
-@pytest.mark.parametrize(
-    "backend, jaxlib_version, environ, expected",
-    [
-        ("jax", "0.10.2", {}, True),
-        ("jax", "0.10.2", {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, True),
-        # The user's own value wins; so does the opt-out.
-        ("jax", "0.10.2", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=reduce"}, False),
-        ("jax", "0.10.2", {"KERAS_M3AE_KEEP_XLA_FLAGS": "1"}, False),
-        # Versions it was not measured on: an unknown flag would stop XLA.
-        ("jax", "0.10.1", {}, False),
-        ("jax", "0.11.0", {}, False),
-        ("tensorflow", None, {}, False),
-        ("torch", None, {}, False),
-    ],
-)
-def test_xla_flag_is_wanted_only_for_measured_jaxlib_and_unset_flags(
-    backend, jaxlib_version, environ, expected
-):
-    from keras_m3ae import _xla_flags
-
-    assert _xla_flags.wanted(backend, jaxlib_version, environ) is expected
-
-
-@pytest.mark.parametrize(
-    "backend, is_glibc, environ, expected",
-    [
-        ("jax", True, {}, True),
-        ("jax", True, {"KERAS_M3AE_KEEP_MALLOC": "1"}, False),
-        ("jax", True, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, False),  # the user's own
-        ("jax", True, {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, True),
-        ("jax", False, {}, False),  # no glibc: no mallopt with these parameters
-        ("torch", True, {}, True),
-        ("torch", True, {"KERAS_M3AE_KEEP_MALLOC": "1"}, False),
-        ("tensorflow", True, {}, False),  # measured no faster
-    ],
-)
-def test_malloc_settings_are_wanted_only_for_jax_and_torch_on_glibc(
-    backend, is_glibc, environ, expected
-):
-    from keras_m3ae import _host_memory
-
-    assert _host_memory.wanted(backend, is_glibc, environ) is expected
-
-
-def test_malloc_tunables_spell_the_mallopt_settings():
-    from keras_m3ae import _host_memory
-
-    assert _host_memory.TUNABLES == (
-        "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
-    )
-
-
 @jax_only
-def test_importing_the_package_sets_xla_flag_and_malloc_in_a_fresh_process():
+def test_tune_cpu_host_sets_xla_flag_and_malloc_in_a_fresh_process():
     """The XLA flag is added to the user's flags and takes effect; freed memory is reused."""
     import subprocess
     import sys
 
-    from keras_m3ae import _host_memory
-    from keras_m3ae import _xla_flags
+    from keras_m3ae import host_tuning
 
-    if not _xla_flags.wanted("jax", __import__("jaxlib").__version__, {}):
-        pytest.skip("jaxlib version not covered by keras_m3ae._xla_flags")
-    if _host_memory._glibc() is None:
-        pytest.skip("not glibc: keras_m3ae._host_memory does nothing")
+    if host_tuning.xla_flag_reason("jax", host_tuning._jaxlib_version(), {}) is not None:
+        pytest.skip("jaxlib version not covered by keras_m3ae.tune_cpu_host")
+    if host_tuning._glibc() is None or host_tuning._jax_accelerator({}) is not None:
+        pytest.skip("not a glibc CPU host: tune_cpu_host leaves malloc alone")
     # Host memory: a 128 MB block allocated from a new thread comes from the
     # main heap, not from a fresh mapping (glibc's mallinfo2 counts mapped
     # blocks); and a jitted op writing a fresh 64 MB output, after warm-up
     # calls in which glibc's heap settles, reuses freed memory instead of
     # faulting in 16384 new 4 KB pages per call.
     script = (
-        "import ctypes, os, resource, threading, jax, numpy as np\n"
+        "import ctypes, os, resource, sys, threading, jax, numpy as np\n"
         "import keras_m3ae\n"
+        "tuned = keras_m3ae.tune_cpu_host(verbose=False) if sys.argv[1] == 'tune' else None\n"
         "x = np.ones((512, 300), 'float32')\n"
         "hlo = jax.jit(lambda x: x.sum(0)).lower(x).compile().as_text()\n"
         "class Info(ctypes.Structure):\n"
@@ -258,50 +206,48 @@ def test_importing_the_package_sets_xla_flag_and_malloc_in_a_fresh_process():
         "run(5)\n"
         "faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5\n"
         "print(os.environ['XLA_FLAGS'], jax.device_count(), '__ynn_fusion' in hlo,\n"
-        "      keras_m3ae._host_memory.applied, mapped[0], faults > 8192)\n"
+        "      tuned and tuned.malloc, mapped[0], faults > 8192)\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    env.pop("KERAS_M3AE_KEEP_XLA_FLAGS", None)
-    env.pop("KERAS_M3AE_KEEP_MALLOC", None)
     env.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["--xla_force_host_platform_device_count=2", _xla_flags.FLAG, "2", "False",
-                   "True", "False", "False"]
-    # The same program without either setting: YNNPACK sums, a mapped block,
-    # fresh pages every call. So each check above can fail.
-    env.update(KERAS_M3AE_KEEP_XLA_FLAGS="1", KERAS_M3AE_KEEP_MALLOC="1")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["--xla_force_host_platform_device_count=2", "2", "True", "False", "True", "True"]
+
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    assert run("tune") == ["--xla_force_host_platform_device_count=2", host_tuning.XLA_FLAG, "2",
+                           "False", "True", "False", "False"]
+    # The same program without the call: YNNPACK sums, a mapped block, fresh
+    # pages every call. So each check above can fail.
+    assert run("default") == ["--xla_force_host_platform_device_count=2", "2", "True", "None",
+                              "True", "True"]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's CPU allocator")
-def test_importing_the_package_makes_torch_reuse_freed_memory_in_a_fresh_process():
+def test_tune_cpu_host_makes_torch_reuse_freed_memory_in_a_fresh_process():
     """A fresh 64 MB tensor per call reuses freed memory instead of new pages."""
     import subprocess
     import sys
 
-    from keras_m3ae import _host_memory
+    from keras_m3ae import host_tuning
 
-    if _host_memory._glibc() is None:
-        pytest.skip("not glibc: keras_m3ae._host_memory does nothing")
+    if host_tuning._glibc() is None or host_tuning._torch_accelerator() is not None:
+        pytest.skip("not a glibc CPU host: tune_cpu_host leaves malloc alone")
     script = (
-        "import resource, torch\n"
+        "import resource, sys, torch\n"
         "import keras_m3ae\n"
+        "tuned = keras_m3ae.tune_cpu_host(verbose=False) if sys.argv[1] == 'tune' else None\n"
         "def run(calls):  # each tensor is freed before the next is made\n"
         "    for _ in range(calls): torch.ones(2**24).mul_(2.0)\n"
         "run(10)\n"
         "start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "run(5)\n"
         "faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5\n"
-        "print(keras_m3ae._host_memory.applied, faults > 8192)\n"
+        "print(tuned and tuned.malloc, faults > 8192)\n"
     )
     env = dict(os.environ, KERAS_BACKEND="torch")
-    env.pop("KERAS_M3AE_KEEP_MALLOC", None)
     env.pop("GLIBC_TUNABLES", None)
-    run = lambda: subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,  # noqa: E731
-                                 text=True, check=True).stdout.split()
-    assert run() == ["True", "False"]
-    env["KERAS_M3AE_KEEP_MALLOC"] = "1"  # glibc's default: 16384 fresh pages per call
-    assert run() == ["False", "True"]
+    run = lambda mode: subprocess.run([sys.executable, "-c", script, mode], env=env,  # noqa: E731
+                                      capture_output=True, text=True, check=True).stdout.split()
+    assert run("tune") == ["True", "False"]
+    assert run("default") == ["None", "True"]  # glibc's default: 16384 fresh pages per call

@@ -17,7 +17,14 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     write = commands.add_parser(
-        "write", help="From a folder + captions file, or webdataset tar shards."
+        "write", help="From a folder + captions file, or webdataset tar shards.",
+        description="Write image-caption pairs as TFRecord shards in the img2dataset schema "
+        "(`jpg` bytes, `caption` text), the format `keras_m3ae.data.image_text_dataset` reads. "
+        "The pairs come either from a folder of images with a captions file (--images and "
+        "--captions: TSV lines `relative/path.jpg<TAB>caption`, or JSONL with `file` and "
+        "`caption`) or from img2dataset webdataset tar shards (--webdataset). Images are "
+        "checked as they are read; unreadable or missing ones are skipped and counted, and the "
+        "counts are printed at the end.",
     )
     source = write.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="Folder of images (needs --captions).")
@@ -32,7 +39,12 @@ def _parser():
                        help="Accept caption-file paths that leave --images (absolute or '..').")
     write.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
-    shapes = commands.add_parser("shapes", help="Render the synthetic shapes dataset.")
+    shapes = commands.add_parser(
+        "shapes", help="Render the synthetic shapes dataset.",
+        description="Render the synthetic captioned-shapes dataset (one coloured shape per image, "
+        "captioned 'a small red star in the top left on a blue background', the shape class as "
+        "an int64 `label`) as TFRecord shards in the img2dataset schema.",
+    )
     shapes.add_argument("--output", required=True)
     shapes.add_argument("--num-examples", type=int, default=512)
     shapes.add_argument("--image-size", type=int, default=64)

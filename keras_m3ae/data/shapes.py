@@ -47,6 +47,11 @@ POSITIONS = [
 SIZES = {"small": 0.13, "large": 0.22}  # radius as a fraction of the image side
 
 
+def article(word):
+    """The indefinite article before `word`: "an" before a vowel ("an orange"), else "a"."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _polygon(cx, cy, radius, corners, rotation=0.0, inner=None):
     """Corner points of a regular polygon (a star when `inner` is given)."""
     points = []
@@ -101,7 +106,8 @@ def render_shape_example(rng, image_size=64, layout="grid", colors=None):
             {background} background". `"centered"`: one large shape
             (radius 28-40% of the side) near the centre, captioned "a
             {colour} {shape} on a {background} background": the shape is
-            legible even at 32 px (`benchmarks/paper_trends.py`).
+            legible even at 32 px. "a" is "an" before a vowel ("an orange
+            star").
         colors: optional `(shape colour, background colour)`, names from
             `COLORS`; by default both are drawn at random (and differ).
 
@@ -124,7 +130,8 @@ def render_shape_example(rng, image_size=64, layout="grid", colors=None):
         cx, cy = image_size / 2 + rng.uniform(-0.08, 0.08, size=2) * image_size
         image = Image.new("RGB", (image_size, image_size), COLORS[background])
         _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLORS[color])
-        return _noisy(image, rng), f"a {color} {shape} on a {background} background", label
+        caption = f"{article(color)} {color} {shape} on {article(background)} {background} background"
+        return _noisy(image, rng), caption, label
     position, row, col = POSITIONS[int(rng.integers(len(POSITIONS)))]
     size = ("small", "large")[int(rng.integers(2))]
 
@@ -137,7 +144,7 @@ def render_shape_example(rng, image_size=64, layout="grid", colors=None):
     _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, COLORS[color])
     pixels = _noisy(image, rng)
     where = "in the center" if position == "center" else f"in the {position}"
-    caption = f"a {size} {color} {shape} {where} on a {background} background"
+    caption = f"{article(size)} {size} {color} {shape} {where} on {article(background)} {background} background"
     return pixels, caption, label
 
 

@@ -17,3 +17,5 @@ from keras_m3ae.layers.transformer import DropPath
 from keras_m3ae.layers.transformer import MultiHeadSelfAttention
 from keras_m3ae.layers.transformer import TransformerBlock
 from keras_m3ae.layers.transformer import TransformerStack
+from keras_m3ae.layers.transformer import fast_path_for
+from keras_m3ae.layers.transformer import set_torch_fast_path

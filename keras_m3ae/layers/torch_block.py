@@ -1,23 +1,24 @@
-"""The torch backend's `TransformerBlock` and `TransformerStack` forward, in torch ops.
+"""The torch backend's fast path for a `TransformerStack`: its forward in torch ops.
 
-The one torch-specific piece of the model. On the torch backend Keras runs
-eagerly, and every `Layer.__call__` (~235 us) and `keras.ops` call (~30 us
-of dtype and conversion checks) is Python time on top of its kernel: a
-block made of 7 Keras layers took ~5 ms per forward at the `tiny`
-benchmark size, mostly Python, and a ViT-S MAE forward spent 113 ms
-outside its kernels against 27 ms in transformers' ViTMAE
-(`benchmarks/profile_step.py`). This module computes the same block, from
+The one torch-specific piece of the model, chosen in one place:
+`keras_m3ae.layers.transformer.fast_path_for` (switched off with
+`keras_m3ae.layers.set_torch_fast_path(False)`). On the torch backend Keras
+runs eagerly, and every `Layer.__call__` and `keras.ops` call adds Python
+checks and dispatch on top of its kernel, which for small blocks is most
+of their time. `call_stack` computes the same blocks and final norm, from
 the same variables, with one torch call per kernel, as torch models are
-written; a stack of such blocks runs them without a layer call each
-(`call_stack`).
+written.
 
 It reads each sub-layer's weights through Keras (`layer.kernel`, `.value`),
 so autocast (mixed precision), stateless scopes, LoRA and the trainers'
-gradients all see the usual variables; sub-layers that Keras would compute
+gradients all see the usual variables. Sub-layers that Keras would compute
 differently (subclasses, quantized or activated `Dense`, non-default
-LayerNorm) keep the Keras path (`supports`). `tests/test_layers.py` holds
-both paths to the same outputs and gradients, in float32 and mixed
-bfloat16.
+LayerNorm) and what only `Layer.__call__` applies keep the Keras path
+(`supports_stack`). `tests/test_layers.py` holds both paths to the same
+outputs and gradients, in float32 and mixed bfloat16.
+
+This module does not import `transformer.py` (which chooses it): the
+caller checks the block and attention classes.
 """
 
 import keras
@@ -26,8 +27,6 @@ import torch.nn.functional as F
 
 from keras_m3ae.layers.dense import TokenDense
 from keras_m3ae.layers.layer_norm import CenteredLayerNorm
-from keras_m3ae.layers.transformer import MultiHeadSelfAttention
-from keras_m3ae.layers.transformer import TransformerBlock
 
 
 def _value(variable):
@@ -53,22 +52,49 @@ def _plain_norm(layer):
     )
 
 
-def supports(block):
-    """Whether `call(block, ...)` computes what the block's Keras layers do."""
+def _plain_block(block):
     attention = block.attention
     return (
-        type(attention) is MultiHeadSelfAttention
-        and all(_plain_dense(d) for d in (attention.qkv, attention.proj, block.fc1, block.fc2))
+        all(_plain_dense(d) for d in (attention.qkv, attention.proj, block.fc1, block.fc2))
         and _plain_norm(block.norm1)
         and _plain_norm(block.norm2)
     )
 
 
+def supports_stack(stack):
+    """Whether `call_stack(stack, ...)` computes what the stack's layer calls do.
+
+    The caller has checked that the blocks are `TransformerBlock`s with a
+    `MultiHeadSelfAttention` (not subclasses). `call_stack` runs the blocks
+    and the final norm without their `Layer.__call__`. That is the same
+    computation when every dense layer and norm is a plain one, each block
+    takes the stack's dtype policy (so the stack's autocast scope is its
+    own), and no block has an activity regulariser or rematerialisation,
+    which only `Layer.__call__` applies.
+    """
+
+    def same_dtypes(layer):
+        return (layer.compute_dtype, layer.variable_dtype) == (
+            stack.compute_dtype,
+            stack.variable_dtype,
+        )
+
+    # A norm's own `autocast` is False, and so is its weights': `_norm` reads
+    # them in float32 in any scope, as Keras does.
+    return _plain_norm(stack.norm) and same_dtypes(stack.norm) and all(
+        _plain_block(block)
+        and same_dtypes(block)
+        and block.autocast == stack.autocast
+        and block.activity_regularizer is None
+        and getattr(block, "_remat_mode", None) is None
+        for block in stack.blocks
+    )
+
+
 def _dense(layer, x):
     # One GEMM with the bias in it, as `torch.nn.Linear` runs it; Keras adds
-    # the bias in a second pass over the output (ViT-B forward, one thread:
-    # add + copy kernels 34 -> 26 ms). In bfloat16 the fused form rounds
-    # once where Keras rounds twice.
+    # the bias in a second pass over the output. In bfloat16 the fused form
+    # rounds once where Keras rounds twice.
     return torch.addmm(_value(layer.bias), x, _value(layer.kernel))
 
 
@@ -85,31 +111,15 @@ def _norm(layer, x):
     return out.to(x.dtype)
 
 
-def _attention(layer, x, batch, length, attention_mask):
+def _attention(layer, x, batch, length, mask):
     qkv = _dense(layer.qkv, x).view(batch, length, 3, layer.num_heads, layer.head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    mask = None
-    if attention_mask is not None:
-        mask = torch.as_tensor(attention_mask, device=x.device).bool()[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return _dense(layer.proj, out.transpose(1, 2).reshape(batch * length, layer.hidden_dim))
 
 
-def call(block, x, attention_mask=None, training=False):
-    """`TransformerBlock.call` without attention scores, in torch ops.
-
-    Args:
-        block: a built `TransformerBlock` for which `supports(block)`.
-        x: `(batch, tokens, hidden_dim)` tensor in the compute dtype.
-        attention_mask: optional `(batch, tokens)` key mask.
-        training: bool; drop path is applied (by the block's `DropPath`) only
-            when training with a non-zero rate.
-
-    Returns:
-        The block's output, shaped and typed like `x`.
-    """
-    if not isinstance(x, torch.Tensor):  # `stateless_call` passes inputs as given
-        x = keras.ops.convert_to_tensor(x)
+def _block(block, x, mask, training):
+    """`TransformerBlock.call` without attention scores, for a plain block."""
     batch, length, width = x.shape
     shape = (batch, length, width)
 
@@ -119,7 +129,7 @@ def call(block, x, attention_mask=None, training=False):
         return h
 
     tokens = x.reshape(-1, width)
-    h = _attention(block.attention, _norm(block.norm1, tokens), batch, length, attention_mask)
+    h = _attention(block.attention, _norm(block.norm1, tokens), batch, length, mask)
     tokens = tokens + drop_path(h)
     h = F.gelu(
         _dense(block.fc1, _norm(block.norm2, tokens)),
@@ -129,36 +139,6 @@ def call(block, x, attention_mask=None, training=False):
     return tokens.view(shape)
 
 
-def supports_stack(stack):
-    """Whether `call_stack(stack, ...)` computes what the stack's layer calls do.
-
-    `call_stack` calls the blocks' torch path and the final norm without
-    their `Layer.__call__` (~0.1-0.2 ms of Python each per step). That is the
-    same computation when each block is a plain `TransformerBlock` that
-    `supports`, takes the stack's dtype policy (so the stack's autocast scope
-    is its own), and has no activity regulariser or rematerialisation, which
-    only `Layer.__call__` applies.
-    """
-
-    def same_dtypes(layer):
-        return (layer.compute_dtype, layer.variable_dtype) == (
-            stack.compute_dtype,
-            stack.variable_dtype,
-        )
-
-    # A norm's own `autocast` is False, and so is its weights': `_norm` reads
-    # them in float32 in any scope, as Keras does.
-    return _plain_norm(stack.norm) and same_dtypes(stack.norm) and all(
-        type(block) is TransformerBlock
-        and supports(block)
-        and same_dtypes(block)
-        and block.autocast == stack.autocast
-        and block.activity_regularizer is None
-        and getattr(block, "_remat_mode", None) is None
-        for block in stack.blocks
-    )
-
-
 def call_stack(stack, x, attention_mask=None, training=False, final_norm=True):
     """`TransformerStack.call` without attention scores, in torch ops.
 
@@ -166,12 +146,18 @@ def call_stack(stack, x, attention_mask=None, training=False, final_norm=True):
         stack: a built `TransformerStack` for which `supports_stack(stack)`.
         x: `(batch, tokens, hidden_dim)` tensor in the compute dtype.
         attention_mask: optional `(batch, tokens)` key mask.
-        training: bool, for the blocks' drop path.
+        training: bool; drop path is applied (by each block's `DropPath`)
+            only when training with a non-zero rate.
         final_norm: bool. Apply the stack's final LayerNorm.
 
     Returns:
         The stack's output, shaped and typed like `x`.
     """
+    if not isinstance(x, torch.Tensor):  # `stateless_call` passes inputs as given
+        x = keras.ops.convert_to_tensor(x)
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask, device=x.device).bool()[:, None, None, :]
     for block in stack.blocks:
-        x = call(block, x, attention_mask, training)
+        x = _block(block, x, mask, training)
     return _norm(stack.norm, x) if final_norm else x

@@ -15,9 +15,55 @@ def _jax_on_cpu():
     return keras.config.backend() == "jax" and keras.distribution.list_devices()[0].startswith("cpu")
 
 
-def _torch_backend():
+_TORCH_FAST_PATH = {"enabled": True}
+
+
+def set_torch_fast_path(enabled):
+    """Turns the torch backend's fast path for `TransformerStack` on or off.
+
+    On the torch backend, a `TransformerStack` whose blocks are plain (see
+    `fast_path_for`) runs its forward as torch ops from the same variables
+    (`keras_m3ae.layers.torch_block`), without eager Keras's per-layer
+    Python. It computes what the `keras.ops` forward computes (outputs and
+    gradients, tested); turning it off makes every stack take the `keras.ops`
+    forward. On by default; other backends never use it.
+
+    Args:
+        enabled: bool.
+
+    Example:
+    >>> keras_m3ae.layers.set_torch_fast_path(False)  # the keras.ops forward everywhere
+    >>> keras_m3ae.layers.set_torch_fast_path(True)
+    """
+    _TORCH_FAST_PATH["enabled"] = bool(enabled)
+
+
+def fast_path_for(stack):
+    """The function that runs `stack`'s forward faster than its layer calls, or None.
+
+    The one place a backend fast path is chosen: on the torch backend, with
+    `set_torch_fast_path` on, `keras_m3ae.layers.torch_block.call_stack` for
+    a stack of plain `TransformerBlock`s (not subclasses, plain sub-layers,
+    nothing that only `Layer.__call__` applies; `torch_block.supports_stack`).
+    Otherwise None: the `keras.ops` forward.
+
+    Args:
+        stack: a built `TransformerStack`.
+
+    Returns:
+        `call_stack(stack, x, attention_mask, training, final_norm)` or None.
+    """
     # Not cached: torch.compile warns about tracing through `functools.cache`.
-    return keras.config.backend() == "torch"
+    if not _TORCH_FAST_PATH["enabled"] or keras.config.backend() != "torch":
+        return None
+    if not all(
+        type(block) is TransformerBlock and type(block.attention) is MultiHeadSelfAttention
+        for block in stack.blocks
+    ):
+        return None
+    from keras_m3ae.layers import torch_block  # imports torch: the torch backend only
+
+    return torch_block.call_stack if torch_block.supports_stack(stack) else None
 
 
 def _dense(units, name, dtype):
@@ -64,10 +110,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     `keras.ops.dot_product_attention` (flash / cuDNN / TPU kernels where the
     backend has them). Asking for the attention scores, and JAX on CPU, take
     an explicit softmax in the reference's `(batch, heads, tokens, head_dim)`
-    layout instead: XLA's CPU backend runs its batched matmuls faster than
-    the generic path of `dot_product_attention` (attention forward + backward
-    at the ViT-S decoder's and ViT-B encoder's shapes: 1.2-1.3x faster,
-    `benchmarks/op_variants.py`).
+    layout instead (the same function of the inputs): XLA's CPU backend runs
+    its batched matmuls faster than the generic path of
+    `dot_product_attention`.
 
     Args:
         hidden_dim: int. Width of the token vectors.
@@ -168,10 +213,8 @@ class DropPath(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-LayerNorm ViT block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
 
-    On the torch backend the forward runs as plain torch ops on the same
-    variables (`keras_m3ae.layers.torch_block`: eager Keras's per-layer
-    Python was most of a small block's time); asking for attention scores
-    takes the Keras layers.
+    Its forward is `keras.ops` on every backend; inside a `TransformerStack`
+    on torch the stack may run it through its fast path (`fast_path_for`).
 
     Args:
         hidden_dim: int. Width of the token vectors.
@@ -238,19 +281,11 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path.build(input_shape)
 
     def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
-        if _torch_backend() and not return_attention_scores:
-            from keras_m3ae.layers import torch_block
-
-            if torch_block.supports(self):
-                # Eager torch: the same block in torch ops, without the
-                # Python of 7 Keras layer calls (see `torch_block`).
-                return torch_block.call(self, x, attention_mask, training)
         # The residual stream stays `(tokens, width)` inside the block, the
         # shape the 2-D matmuls of `TokenDense` take, so none of them reshapes
-        # it or its gradient. On JAX's CPU backend each such reshape was one
-        # more elementwise consumer into which XLA's fusion copied the whole
-        # chain of residual-gradient adds: 1.0 GB of the 14.6 GB a ViT-S M3AE
-        # step's forward + backward read (`benchmarks/hlo_bytes.py`).
+        # it or its gradient (on JAX's CPU backend each such reshape was one
+        # more consumer into which XLA's fusion copied the residual-gradient
+        # adds).
         shape = ops.shape(x)
         tokens = ops.reshape(x, (-1, self.hidden_dim))
         h = self.attention(
@@ -299,7 +334,10 @@ class TransformerStack(keras.layers.Layer):
     """A stack of `TransformerBlock`s followed by a final LayerNorm.
 
     Drop path grows linearly from 0 at the first block to `drop_path_rate`
-    at the last, as in MAE fine-tuning. Blocks are `self.blocks[i]`; the
+    at the last, as in MAE fine-tuning. On the torch backend the forward of
+    plain blocks runs as torch ops (`fast_path_for`, switched off with
+    `set_torch_fast_path(False)`); it computes the same outputs and
+    gradients as the `keras.ops` forward of the blocks. Blocks are `self.blocks[i]`; the
     final norm is `self.norm` (partial fine-tuning and layer-wise decay find
     them there, not by matching names).
 
@@ -371,13 +409,9 @@ class TransformerStack(keras.layers.Layer):
         return_attention_scores=False,
         final_norm=True,
     ):
-        if _torch_backend() and not return_attention_scores:
-            from keras_m3ae.layers import torch_block
-
-            if torch_block.supports_stack(self):
-                # Eager torch: the blocks' torch path without a Keras layer
-                # call per block (see `torch_block.call_stack`).
-                return torch_block.call_stack(self, x, attention_mask, training, final_norm)
+        fast = None if return_attention_scores else fast_path_for(self)
+        if fast is not None:
+            return fast(self, x, attention_mask, training, final_norm)
         all_scores = []
         for block in self.blocks:
             x = block(

@@ -76,7 +76,13 @@ def _check_image_values(images, has_image=None):
     if isinstance(images, np.ndarray) and isinstance(has_image, (np.ndarray, list)):
         images = images[np.asarray(has_image, bool)]
     if isinstance(images, np.ndarray) and images.size:
-        low, high = float(np.nanmin(images)), float(np.nanmax(images))
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise ValueError(
+                f"`images` hold {int(images.size - finite.sum())} NaN or infinite value(s) "
+                f"(first at index {tuple(int(i) for i in np.argwhere(~finite)[0])}); the model "
+                "cannot train on them.")
+        low, high = float(images.min()), float(images.max())
         if max(abs(low), abs(high)) > _MAX_ABS_NORMALISED_PIXEL:
             raise ValueError(
                 f"`images` range over [{low:.4g}, {high:.4g}]; the model takes images "

@@ -138,9 +138,10 @@ def detect_compression(files, compression_type=None):
     """The compression of TFRecord files: the one given, checked, or the one that reads.
 
     Reads the first record of the first files (up to `PROBE_FILES`, for a
-    first file that is broken) with the given compression (None: tries
-    none, GZIP, ZLIB in turn). Files that read with another one than asked
-    for are an error naming the right one.
+    first file that is broken) with the given compression (None: the first
+    of none, GZIP, ZLIB that reads the first readable file). Files that
+    read with another one than asked for are an error naming the right
+    one. Files further on are checked one by one (`file_compression`).
 
     Args:
         files: list of non-empty TFRecord files, in reading order.
@@ -157,8 +158,10 @@ def detect_compression(files, compression_type=None):
     paths = list(files[:PROBE_FILES])
     if compression_type is not None and _readable_with(paths, compression_type):
         return compression_type
-    readable = [c for c in COMPRESSION_TYPES
-                if c != compression_type and _readable_with(paths, c)]
+    # The compression of the first file that reads with one.
+    readable = next(([c for c in COMPRESSION_TYPES if c != compression_type
+                      and _readable_with([path], c)] for path in paths
+                     if any(_readable_with([path], c) for c in COMPRESSION_TYPES)), [])
     if readable and compression_type is None:
         if readable[0]:
             logger.info("Reading %s-compressed TFRecords (detected in %s).", readable[0],

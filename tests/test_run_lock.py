@@ -79,6 +79,30 @@ def test_release_leaves_a_lock_that_is_not_its_own(tmp_path):
     assert json.load(open(lock.path)) == other
 
 
+@pytest.mark.backend_independent
+def test_other_hosts_check_the_lock_process_0_took(tmp_path, monkeypatch):
+    from keras_m3ae.training import run_lock
+
+    directory = str(tmp_path / "run")
+    token = "abcdef0123456789" * 2
+    with open(lock_path(directory), "w") as f:
+        json.dump({"host": "host-0", "pid": 7, "started": "s", "token": token}, f)
+    shared = []
+    monkeypatch.setattr(run_lock.hosts, "is_chief", lambda: False)
+    monkeypatch.setattr(run_lock.hosts, "process_count", lambda: 2)
+    monkeypatch.setattr(run_lock.hosts, "gather", lambda values: np.array([shared]))
+    shared[:] = [int(token[:15], 16)]
+    lock = RunLock(directory).acquire()  # process 0's token is in the file
+    lock.release()
+    assert os.path.exists(lock_path(directory))  # only process 0 removes it
+    shared[:] = [int("f" * 15, 16)]  # process 0 took another lock than this file's
+    with pytest.raises(RunLockError, match="process 7 on host 'host-0'"):
+        RunLock(directory).acquire()
+    shared[:] = [0]  # process 0 was refused
+    with pytest.raises(RunLockError, match="Process 0 could not take the lock"):
+        RunLock(directory).acquire()
+
+
 # A tiny resumable run: writes its final weights; with a `wait` file it
 # pauses after its first step until that file exists (the test starts the
 # second run meanwhile).

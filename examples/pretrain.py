@@ -118,6 +118,7 @@ def main(argv=None):
     if args.distribution != "none":
         set_distribution(args.distribution)
     os.makedirs(args.output_dir, exist_ok=True)
+    run_lock = training.RunLock(args.output_dir).acquire()  # one run writes here at a time
 
     overrides = {"dtype": args.dtype} if args.dtype else {}
     if args.mae:
@@ -223,6 +224,7 @@ def main(argv=None):
             # A rerun of a finished run, or one that never ended an epoch here.
             training.save_preset_atomically(backbone, preset_dir)
         print(f"Encoder preset: {preset_dir}.")
+    run_lock.release()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ def test_bad_records_are_skipped_and_counted(bad_files):
         "caption_invalid_utf8": 1,
         "file_empty": 1,
         "file_truncated": 1,
+        "compression_mismatch": 0,
+        "image_corrupt": 0,
+        "image_non_finite": 0,
     }
     assert counter.total_skipped() == 6
     assert data.skipped_counts()["file_truncated"] >= 1

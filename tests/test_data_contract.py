@@ -103,11 +103,15 @@ def test_bad_values_in_arrays_are_clear_errors():
     with pytest.raises(ValueError, match="`images` are uint8"):
         pretrainer.fit(uint8.batch(2), verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, _weights(pretrainer)))
-    # Normalised images pass, and so do NaNs (the loss guard reports those).
-    nan = dict(batch, images=batch["images"].copy())
-    nan["images"][0, 0, 0, 0] = np.nan
+    # Normalised images pass; one NaN or inf pixel is refused, naming where.
     pretrainer._check_data(batch)
-    pretrainer._check_data(nan)
+    for value in (np.nan, np.inf):
+        bad = dict(batch, images=batch["images"].copy())
+        bad["images"][1, 2, 3, 0] = value
+        with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\) \(first at index "
+                                             r"\(1, 2, 3, 0\)\)"):
+            pretrainer.fit(bad, batch_size=2, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(pretrainer)))
 
 
 @pytest.mark.backend_independent

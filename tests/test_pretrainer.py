@@ -74,7 +74,7 @@ def test_mask_counts_per_example():
 
 
 def test_padding_never_visible_while_real_tokens_remain():
-    pretrainer = tiny_pretrainer(text_mask_ratio=0.0)
+    pretrainer = tiny_pretrainer(text_mask_ratio=0.0, allow_zero_mask_ratio=True)
     batch = tiny_batch(seed=4)
     image_noise, text_noise = _noise(seed=1)
     text_noise[:] = 0.0  # padding would win every tie if the model let it

@@ -1,286 +1,24 @@
-"""Checks made once, up front: can a source be read at all, and what its batches promise.
-
-Broken records are the skip counter's business (`skips`): a few per shard
-are normal. A source of which *nothing* can be read is a different matter:
-with `repeat=True` the pipeline would re-read it forever without yielding a
-batch. `detect_compression` and `probe_records` read the first records of
-this host's first files when the dataset is built and raise an error naming
-the cause (compressed shards, a wrong feature key, records that are no
-`tf.train.Example`).
+"""The data/model contract: what a dataset's batches promise, and checking it.
 
 `DataSpec` is what a builder's batches promise the model (image size, text
 length, vocabulary size, normalised images); the builders attach it to the
 dataset as `data_spec` and the pretrainer's `fit`/`evaluate` compare it
 with the backbone (`contract_errors`) before the first step.
-`validate_batches` is the debug option for other datasets: it checks the
-values of every batch, at a cost.
+`validate_batches` checks the values of every batch of any dataset, at a
+cost; `batch_value_errors` checks one batch's values (the pretrainer runs
+it on the first batch of a dataset it did not build).
+
+Reading TFRecord bytes and detecting compression is `tfrecord`; the
+probe of a source's first records is `probe`.
 """
 
 import dataclasses
-import gzip
-import logging
-import struct
-import zlib
 
 import numpy as np
 import tensorflow as tf
 
-from keras_m3ae.data import transforms
 from keras_m3ae.data.constants import CC12M_MEAN
 from keras_m3ae.data.constants import CC12M_STD
-
-logger = logging.getLogger("keras_m3ae.data")
-
-COMPRESSION_TYPES = ("", "GZIP", "ZLIB")
-_COMPRESSION_NAMES = {"": "", "NONE": "", "GZIP": "GZIP", "ZLIB": "ZLIB"}
-# Records read per probed file: enough to see past a few broken ones, few
-# enough to cost milliseconds when a dataset is built.
-PROBE_RECORDS = 16
-# Files probed when the first ones hold no readable record.
-PROBE_FILES = 3
-
-
-def normalize_compression(compression_type):
-    """`None` (detect), or one of `COMPRESSION_TYPES`; raises on anything else."""
-    if compression_type is None:
-        return None
-    name = str(compression_type).upper()
-    if name not in _COMPRESSION_NAMES:
-        raise ValueError(
-            f"compression_type must be None (detect), '', 'GZIP' or 'ZLIB'; got "
-            f"{compression_type!r}."
-        )
-    return _COMPRESSION_NAMES[name]
-
-
-# What the probe reads of a file at most: enough for `PROBE_RECORDS` records
-# of web-scale image-text data, little enough to cost milliseconds.
-_PROBE_BYTES = 4 << 20
-# The largest single record the probe reads.
-_MAX_PROBE_BYTES = 256 << 20
-
-
-def _crc32c_table():
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data):
-    """TFRecord's masked CRC-32C (of the 8 length bytes: cheap in Python)."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _head_bytes(path, compression_type, size=_PROBE_BYTES):
-    """Up to `size` (decompressed) bytes from the start of `path`; b"" if they don't decompress."""
-    with tf.io.gfile.GFile(path, "rb") as f:
-        try:
-            if compression_type == "GZIP":
-                return gzip.GzipFile(fileobj=f).read(size)
-            if compression_type == "ZLIB":
-                return _inflate_head(f, size)
-        except (OSError, EOFError, zlib.error):
-            return b""
-        return f.read(size)
-
-
-def _inflate_head(f, size, chunk=1 << 20):
-    """The first `size` bytes of the zlib stream `f`, never inflating more."""
-    inflater, out = zlib.decompressobj(), b""
-    while len(out) < size:
-        data = inflater.unconsumed_tail or f.read(chunk)
-        if not data:
-            break
-        out += inflater.decompress(data, size - len(out))
-    return out
-
-
-def _read_records(path, compression_type, count):
-    """Up to `count` records from the head of `path`; stops at the first unreadable one.
-
-    Plain Python on the first bytes of the file (no `tf.data` pipeline to
-    build: this runs for every dataset built). A record counts when its
-    length field passes its CRC and the record fits in the bytes read.
-    """
-    size = _PROBE_BYTES
-    head = _head_bytes(path, compression_type, size)
-    records, offset = [], 0
-    while len(records) < count and offset + 12 <= len(head):
-        length_bytes = head[offset:offset + 8]
-        (length,) = struct.unpack("<Q", length_bytes)
-        (length_crc,) = struct.unpack("<I", head[offset + 8:offset + 12])
-        end = offset + 12 + length
-        if _masked_crc32c(length_bytes) != length_crc:
-            break
-        if end + 4 > len(head):
-            # A first record larger than the bytes read (a huge image) is
-            # read in full; later ones are left for the pipeline.
-            if records or len(head) < size or end + 4 > _MAX_PROBE_BYTES:
-                break
-            size = end + 4
-            head = _head_bytes(path, compression_type, size)
-            continue
-        records.append(head[offset + 12:end])
-        offset = end + 4
-    return records
-
-
-def _head(path, size=8):
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read(size)
-
-
-def _describe(compression_type):
-    return {"": "uncompressed", "GZIP": "GZIP", "ZLIB": "ZLIB"}[compression_type]
-
-
-def _readable_with(paths, compression_type):
-    """Whether a record of one of `paths` reads with `compression_type`."""
-    return any(_read_records(path, compression_type, 1) for path in paths)
-
-
-def detect_compression(files, compression_type=None):
-    """The compression of TFRecord files: the one given, checked, or the one that reads.
-
-    Reads the first record of the first files (up to `PROBE_FILES`, for a
-    first file that is broken) with the given compression (None: tries
-    none, GZIP, ZLIB in turn). Files that read with another one than asked
-    for are an error naming the right one.
-
-    Args:
-        files: list of non-empty TFRecord files, in reading order.
-        compression_type: None, "", "GZIP" or "ZLIB".
-
-    Returns:
-        One of `COMPRESSION_TYPES`.
-
-    Raises:
-        ValueError: the files read with another compression than the one
-            given, or with none.
-    """
-    compression_type = normalize_compression(compression_type)
-    paths = list(files[:PROBE_FILES])
-    if compression_type is not None and _readable_with(paths, compression_type):
-        return compression_type
-    readable = [c for c in COMPRESSION_TYPES
-                if c != compression_type and _readable_with(paths, c)]
-    if readable and compression_type is None:
-        if readable[0]:
-            logger.info("Reading %s-compressed TFRecords (detected in %s).", readable[0],
-                        paths[0])
-        return readable[0]
-    if readable:
-        found = readable[0]
-        hint = (f"look {found}-compressed: pass compression_type={found!r}" if found
-                else "look uncompressed: pass compression_type=''")
-        raise ValueError(
-            f"No record of {paths} reads as {_describe(compression_type)} TFRecords; the "
-            f"shards {hint} (or None to detect it).")
-    raise ValueError(
-        f"No record of the first file(s) {paths} can be read as TFRecords, uncompressed, GZIP "
-        f"or ZLIB (the first bytes of {paths[0]} are {_head(paths[0])!r}). Are they TFRecord "
-        "shards, or truncated ones?")
-
-
-def _keys_and_images(records, image_key):
-    """Feature keys seen in `records` and how many hold a known image under `image_key`."""
-    keys, examples, encoded = set(), 0, []
-    for record in records:
-        try:
-            example = tf.train.Example.FromString(record)
-        except Exception:  # noqa: BLE001 - protobuf raises its own DecodeError
-            continue
-        examples += 1
-        features = example.features.feature
-        keys.update(features)
-        if image_key in features and features[image_key].bytes_list.value:
-            encoded.append(features[image_key].bytes_list.value[0])
-    # One call for all: the format test is elementwise.
-    formats = transforms.image_format(tf.constant(encoded, tf.string)) if encoded else []
-    images = [b for b, f in zip(encoded, np.asarray(formats)) if f != transforms.FORMAT_UNKNOWN]
-    return sorted(keys), examples, images
-
-
-def _decodes(encoded):
-    try:
-        tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        return True
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-        return False
-
-
-def probe_records(files, compression_type, image_key, caption_key=None, label_key=None):
-    """Reads the first records of `files` and raises if none can become an example.
-
-    Checks only what would make EVERY record fail: records that are not
-    `tf.train.Example`s, no `image_key` feature, no recognisable image
-    under it or none that decodes, no `label_key`. Some broken records among good ones are left
-    to the skip counter. A caption key found in no record is only warned
-    about (the examples train without text).
-
-    Args:
-        files: this host's non-empty record files, in reading order.
-        compression_type: one of `COMPRESSION_TYPES`.
-        image_key: str. The image feature.
-        caption_key: str or None. The caption feature.
-        label_key: str or None. The label feature.
-
-    Raises:
-        ValueError: naming the cause and the keys present.
-    """
-    probed = files[:PROBE_FILES]
-    records = []
-    for path in probed:
-        records = _read_records(path, compression_type, PROBE_RECORDS)
-        if records:
-            break
-    where = f"the first {len(records)} record(s) of {path}"
-    if not records:
-        raise ValueError(
-            f"No record can be read from the first {len(probed)} file(s) "
-            f"({_describe(compression_type)}): {probed}."
-        )
-    keys, examples, images = _keys_and_images(records, image_key)
-    if not examples:
-        raise ValueError(
-            f"None of {where} is a tf.train.Example (the first starts with "
-            f"{records[0][:16]!r}); these are not img2dataset-style records."
-        )
-    if image_key not in keys:
-        raise ValueError(
-            f"No feature {image_key!r} in {where}: the keys present are {keys}; "
-            "pass the image feature as `image_key`."
-        )
-    if not images:
-        raise ValueError(
-            f"The {image_key!r} feature of {where} holds no JPEG, PNG, GIF, BMP or WebP "
-            f"image: the keys present are {keys}; is `image_key` the image feature?"
-        )
-    # Decoded until one works: usually the first, one decode per dataset built.
-    if not any(_decodes(image) for image in images):
-        raise ValueError(
-            f"None of the {len(images)} image(s) under {image_key!r} in {where} decodes "
-            "(their headers look like images, their bodies do not); are the shards corrupt?"
-        )
-    if label_key and label_key not in keys:
-        raise ValueError(
-            f"No feature {label_key!r} (`label_key`) in {where}: the keys present are {keys}."
-        )
-    if caption_key and caption_key not in keys:
-        logger.warning(
-            "No feature %r (`caption_key`) in %s: the keys present are %s; the examples "
-            "train without text.", caption_key, where, keys)
 
 
 def _normalized_range(mean=CC12M_MEAN, std=CC12M_STD, tolerance=1e-3):
@@ -365,6 +103,76 @@ def contract_errors(spec, image_size, max_text_length, vocabulary_size):
             f"vocabulary_size is {vocabulary_size} (ids >= {vocabulary_size} would index past "
             "the embedding; build the backbone with vocabulary_size="
             f"{spec.vocabulary_size} or use a smaller vocabulary)")
+    return errors
+
+
+# Normalised pixels (CC12M or ImageNet statistics) lie within about
+# [-2.2, 2.7]; beyond this bound a batch is surely not normalised.
+MAX_ABS_NORMALISED_PIXEL = 10.0
+
+
+def batch_value_errors(batch, vocabulary_size=None, max_abs_pixel=MAX_ABS_NORMALISED_PIXEL):
+    """What one concrete batch's values break of the model's input contract.
+
+    The rule for images: finite, and normalised the library's way
+    (`keras_m3ae.data.normalize_image`: pixels in [0, 1] minus the mean,
+    over the std), so every value lies within `+-max_abs_pixel`, and they
+    are not all whole numbers in [0, 255] (pixels that skipped the
+    normalisation: a dark batch can stay below the bound). Absent images
+    (`has_image` False) are not looked at. Token ids lie in
+    `[0, vocabulary_size)`.
+
+    Args:
+        batch: dict of numpy arrays (or anything `np.asarray` reads), or an
+            `(x, ...)` tuple.
+        vocabulary_size: int or None. Token ids must be below it.
+        max_abs_pixel: float. Bound of `|images|`.
+
+    Returns:
+        A list of messages; empty when the batch fits.
+
+    Example:
+
+    >>> batch_value_errors({"images": np.full((1, 8, 8, 3), 255.0)})
+    ['`images` range over [255, 255]: ...']
+    """
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    errors = []
+    images = np.asarray(batch["images"])
+    if "has_image" in batch:
+        images = images[np.asarray(batch["has_image"], bool).reshape(-1)]
+    if images.size:
+        if not np.issubdtype(images.dtype, np.floating):
+            errors.append(
+                f"`images` are {images.dtype}; the model takes float images normalised with "
+                "`keras_m3ae.data.normalize_image`")
+            images = images.astype("float32")
+        finite = np.isfinite(images)
+        if not finite.all():
+            errors.append(
+                f"`images` hold {int(images.size - finite.sum())} NaN or infinite value(s) "
+                f"(first at index {tuple(int(i) for i in np.argwhere(~finite)[0])})")
+        else:
+            low, high = float(images.min()), float(images.max())
+            if max(abs(low), abs(high)) > max_abs_pixel:
+                errors.append(
+                    f"`images` range over [{low:.4g}, {high:.4g}]: not normalised (normalised "
+                    f"pixels lie within about [-2.2, 2.7]; bound {max_abs_pixel:g}); pixels in "
+                    "[0, 255] go through `keras_m3ae.data.normalize_image` first")
+            elif low >= 0 and high > 1 and np.array_equal(images, np.round(images)):
+                errors.append(
+                    f"`images` are whole numbers in [{low:.4g}, {high:.4g}]: pixels that were "
+                    "not normalised (`keras_m3ae.data.normalize_image`)")
+    if "token_ids" in batch:
+        ids = np.asarray(batch["token_ids"])
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            errors.append(f"`token_ids` are {ids.dtype}; the model takes integer ids")
+        elif ids.size and (ids.min() < 0
+                           or (vocabulary_size is not None and ids.max() >= vocabulary_size)):
+            errors.append(
+                f"`token_ids` range over [{ids.min()}, {ids.max()}], outside the vocabulary "
+                f"[0, {vocabulary_size})")
     return errors
 
 

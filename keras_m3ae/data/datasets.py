@@ -25,7 +25,7 @@ as keyword arguments.
 
 import functools
 
-from keras_m3ae.data import checks
+from keras_m3ae.data import probe as probe_lib
 from keras_m3ae.data import examples as examples_lib
 from keras_m3ae.data import files as files_lib
 from keras_m3ae.data.batching import finalize_source
@@ -105,7 +105,7 @@ def image_text_dataset(
         raise ValueError(f"text_drop_rate must be in [0, 1], got {text_drop_rate}.")
     options = ReaderOptions(training=training, **options)
     counter = options.counter("image_text")
-    probe = functools.partial(checks.probe_records, image_key=image_key,
+    probe = functools.partial(probe_lib.probe_records, image_key=image_key,
                               caption_key=caption_key, label_key=label_key)
     raw = files_lib.read_tfrecords(file_pattern, options, counter, probe)
     load = examples_lib.record_loader(image_key, caption_key, label_key)
@@ -172,7 +172,7 @@ def image_dataset(
         raw, read = files_lib.read_image_files(folders, options)
         load = examples_lib.file_loader(read)
     else:
-        probe = functools.partial(checks.probe_records, image_key=image_key,
+        probe = functools.partial(probe_lib.probe_records, image_key=image_key,
                                   label_key=label_key)
         raw = files_lib.read_tfrecords(source, options, counter, probe)
         load = examples_lib.record_loader(image_key, None, label_key)

@@ -126,6 +126,11 @@ class ExampleBuilder:
             tf.logical_not(bad), tf.logical_not(transforms.is_complete_image(image_bytes, fmt))
         )
         bad = tf.logical_or(bad, truncated)
+        # A header declaring far more pixels than the bytes hold (a
+        # decompression bomb) would decode into a flat grey image.
+        implausible = tf.cond(bad, lambda: tf.constant(False),
+                              lambda: transforms.is_implausible_size(image_bytes, fmt))
+        bad = tf.logical_or(bad, implausible)
         no_label = tf.logical_and(tf.logical_not(bad), tf.less(label, 0)) if self.has_labels \
             else tf.constant(False)
         ok = tf.logical_not(tf.logical_or(bad, no_label))
@@ -143,6 +148,10 @@ class ExampleBuilder:
         # Pixels stay in [0, 255] here; `batching.finalize` normalises whole batches.
         images = tf.cond(ok, decode, blank)
         images = tf.ensure_shape(images, [self.image_size, self.image_size, 3])
+        # No decoder of ours makes NaN or inf; a custom one (or a broken
+        # resize) must not put them into a batch.
+        non_finite = tf.logical_and(ok, tf.logical_not(tf.reduce_all(tf.math.is_finite(images))))
+        ok = tf.logical_and(ok, tf.logical_not(non_finite))
 
         caption, invalid, empty = caption_flags(caption)
         count_caption = tf.logical_and(ok, self.count_captions)
@@ -159,6 +168,8 @@ class ExampleBuilder:
                 (missing, "image_missing"),
                 (unknown, "image_not_decodable"),
                 (truncated, "image_truncated"),
+                (implausible, "image_corrupt"),
+                (non_finite, "image_non_finite"),
                 (no_label, "label_missing"),
                 (tf.logical_and(count_caption, invalid), "caption_invalid_utf8"),
                 (tf.logical_and(count_caption, empty), "caption_empty"),

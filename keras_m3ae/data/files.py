@@ -13,7 +13,7 @@ import logging
 import keras
 import tensorflow as tf
 
-from keras_m3ae.data import checks
+from keras_m3ae.data import tfrecord
 
 logger = logging.getLogger("keras_m3ae.data")
 
@@ -142,7 +142,7 @@ def _drop_empty_files(files, counter):
     return [p for p, _ in kept], [s for _, s in kept]
 
 
-def _read_record_file(path, size, counter, block=64, compression_type=""):
+def _read_record_file(path, size, counter, compression_type, block=64):
     """Records of one TFRecord file; a truncated or corrupt tail is counted.
 
     Compressed files end quietly at a bad record, uncounted: their size is
@@ -153,19 +153,24 @@ def _read_record_file(path, size, counter, block=64, compression_type=""):
     the file size when a sentinel after the last record arrives. The sum runs
     over blocks of `block` records (five tf.data stages per block instead of
     per record), which are split into single records again at the end.
+
+    Args:
+        path: scalar string tensor.
+        size: scalar int64 tensor, the file's size in bytes.
+        counter: `SkipCounter`.
+        compression_type: scalar string tensor, this file's compression.
     """
     records = tf.data.TFRecordDataset(path, compression_type, buffer_size=1 << 20).ignore_errors()
-    if compression_type:
-        return records
     blocks = records.batch(block).map(lambda records: (records, False))
     sentinel = (tf.constant([], tf.string), True)
     blocks = blocks.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    plain = tf.equal(compression_type, "")
 
     def step(consumed, item):
         records, is_sentinel = item
         lengths = tf.cast(tf.strings.length(records), tf.int64) + _TFRECORD_OVERHEAD
         consumed += tf.reduce_sum(lengths)
-        short = tf.logical_and(is_sentinel, consumed != size)
+        short = tf.logical_and(tf.logical_and(is_sentinel, plain), consumed != size)
         counted = counter.add_if(short, "file_truncated")
         with tf.control_dependencies([counted]):
             return consumed, (tf.identity(records), is_sentinel)
@@ -173,6 +178,25 @@ def _read_record_file(path, size, counter, block=64, compression_type=""):
     blocks = blocks.scan(tf.constant(0, tf.int64), step)
     blocks = blocks.filter(lambda records, is_sentinel: tf.logical_not(is_sentinel))
     return blocks.map(lambda records, is_sentinel: records).unbatch()
+
+
+def _file_compressions(files, compression, counter):
+    """Each file's own compression; files unlike the rest are counted and named.
+
+    A plain shard among GZIP ones (or the reverse) is read with its own
+    compression, not lost, and counted as `compression_mismatch`: a mixed
+    source usually means a writer changed its settings part way.
+    """
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda path: tfrecord.file_compression(path, compression), files))
+    odd = [(path, c) for path, c in zip(files, found) if c != compression]
+    if odd:
+        counter.add_now("compression_mismatch", len(odd))
+        logger.warning(
+            "%d of %d file(s) are not %s like the first ones; each is read with its own "
+            "compression (first: %s, %s).", len(odd), len(files),
+            tfrecord.describe(compression), odd[0][0], tfrecord.describe(odd[0][1]))
+    return found
 
 
 def _interleave(files, read_fn, options):
@@ -231,7 +255,9 @@ def read_tfrecords(file_pattern, options, counter, probe=None):
     Zero-byte files are dropped (`file_empty`) and files that end in a
     truncated or corrupt record counted (`file_truncated`) in `counter`.
     The compression is `options.compression_type`, checked on the first
-    files, or detected there when None (`checks.detect_compression`).
+    files, or detected there when None (`tfrecord.detect_compression`);
+    then each file's first bytes are read: a file compressed otherwise is
+    read with its own compression and counted (`compression_mismatch`).
 
     Args:
         file_pattern: str or list of str, see `resolve_files`.
@@ -239,22 +265,26 @@ def read_tfrecords(file_pattern, options, counter, probe=None):
         counter: `SkipCounter`.
         probe: function or None. Called as `probe(files, compression_type)`
             before the pipeline is built, to fail fast on a source of which
-            nothing can be read (`checks.probe_records`).
+            nothing can be read (`probe.probe_records`).
 
     Returns:
         A `tf.data.Dataset` of serialized records.
     """
     files = shard_files(resolve_files(file_pattern), options.shard_index, options.num_shards)
     files, sizes = _drop_empty_files(files, counter)
-    compression = checks.detect_compression(files, options.compression_type)
+    compression = tfrecord.detect_compression(files, options.compression_type)
     if probe is not None:
         probe(files, compression)
+    compressions = _file_compressions(files, compression, counter)
     size_of = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(files, tf.constant(sizes, tf.int64)), -1
     )
+    compression_of = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(files, tf.constant(compressions, tf.string)), ""
+    )
     return _interleave(
         files, lambda path: _read_record_file(path, size_of.lookup(path), counter,
-                                              compression_type=compression), options)
+                                              compression_of.lookup(path)), options)
 
 
 def read_text_lines(file_pattern, options):

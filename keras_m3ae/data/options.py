@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_m3ae.data.checks import normalize_compression
+from keras_m3ae.data.tfrecord import normalize_compression
 from keras_m3ae.data.files import default_shard
 from keras_m3ae.data.positions import DataPosition  # noqa: F401 (annotation)
 from keras_m3ae.data.skips import SkipCounter

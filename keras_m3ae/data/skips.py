@@ -18,6 +18,8 @@ SKIP_REASONS = (
     "image_missing",  # no image feature, or empty bytes
     "image_not_decodable",  # bytes are not a known image format
     "image_truncated",  # JPEG without end-of-image marker, PNG without IEND
+    "image_corrupt",  # the header declares far more pixels than the bytes can hold
+    "image_non_finite",  # the decoded image holds NaN or inf
     "image_decode_error",  # the decoder failed on bytes that looked valid
     "label_missing",  # `label_key` was requested but the record has none
     "text_empty_line",  # text-only source: a blank line
@@ -27,10 +29,11 @@ CAPTION_REASONS = (
     "caption_empty",  # empty or missing caption
     "caption_invalid_utf8",  # caption bytes are not valid UTF-8
 )
-# Reasons a whole file, or its tail, is lost.
+# Reasons a whole file, or its tail, is lost, or is read unlike the others.
 FILE_REASONS = (
     "file_empty",  # zero-byte shard
     "file_truncated",  # a record file that ends inside a record, or has a bad CRC
+    "compression_mismatch",  # compressed unlike the first files: read with its own (not lost)
 )
 REASONS = SKIP_REASONS + CAPTION_REASONS + FILE_REASONS
 

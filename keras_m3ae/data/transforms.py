@@ -74,6 +74,65 @@ def image_format(image_bytes):
     return fmt
 
 
+# The most pixels a file may declare per byte it holds. A baseline or
+# progressive JPEG codes at least one bit per 8x8 block and component (at
+# most ~512 pixels a byte, a flat grayscale image); deflate compresses at
+# most ~1032:1, so a PNG of 1-bit pixels holds at most ~8,300 pixels a
+# byte. A header declaring more (a 3 KB JPEG claiming 30000x30000) is a
+# corrupt or malicious file: decoded, it would be a flat grey image.
+MAX_JPEG_PIXELS_PER_BYTE = 1024
+MAX_PNG_PIXELS_PER_BYTE = 8 * 1032
+
+
+def declared_pixels(image_bytes, fmt):
+    """The pixel count a JPEG or PNG header declares (0 for other formats).
+
+    Reads the header only (`tf.image.extract_jpeg_shape`, PNG's IHDR
+    chunk); graph code, cheap enough to run on every example.
+
+    Args:
+        image_bytes: scalar tf.string tensor.
+        fmt: scalar int32 tensor, the `image_format` code.
+
+    Returns:
+        A scalar int64 tensor.
+    """
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0] * shape[1]
+
+    def png():
+        # IHDR: width and height, big-endian uint32, at bytes 16-23.
+        head = tf.strings.join([tf.strings.substr(image_bytes, 16, 8), b"\0" * 8])
+        size = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, 8), tf.uint8), tf.int64)
+        width = ((size[0] * 256 + size[1]) * 256 + size[2]) * 256 + size[3]
+        height = ((size[4] * 256 + size[5]) * 256 + size[6]) * 256 + size[7]
+        return width * height
+
+    return tf.case(
+        [(tf.equal(fmt, FORMAT_JPEG), jpeg), (tf.equal(fmt, FORMAT_PNG), png)],
+        default=lambda: tf.constant(0, tf.int64), exclusive=True)
+
+
+def is_implausible_size(image_bytes, fmt):
+    """Whether a JPEG or PNG header declares far more pixels than its bytes can hold.
+
+    See `MAX_JPEG_PIXELS_PER_BYTE`; other formats are never flagged.
+
+    Args:
+        image_bytes: scalar tf.string tensor, a complete JPEG or PNG.
+        fmt: scalar int32 tensor, the `image_format` code.
+
+    Returns:
+        A scalar bool tensor.
+    """
+    per_byte = tf.where(tf.equal(fmt, FORMAT_JPEG), tf.constant(MAX_JPEG_PIXELS_PER_BYTE, tf.int64),
+                        tf.constant(MAX_PNG_PIXELS_PER_BYTE, tf.int64))
+    size = tf.cast(tf.strings.length(image_bytes), tf.int64)
+    return declared_pixels(image_bytes, fmt) > per_byte * size
+
+
 def _contains(data, pattern):
     """Whether the uint8 vector `data` holds the byte string `pattern`."""
     positions = tf.maximum(tf.shape(data)[0] - len(pattern) + 1, 0)

@@ -19,6 +19,8 @@ import tensorflow as tf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from keras_m3ae.data import transforms
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 # Shards are `00000.tfrecord`, ...; a shard being written is `.00000.tfrecord.tmp`,
 # renamed when complete, so readers (`*.tfrecord`) never see a partial shard.
@@ -33,6 +35,70 @@ def _bytes_feature(value):
 
 def _int64_feature(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+class ImageSkipped(ValueError):
+    """An image the writer does not write; `reason` is its count's name."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _header_size(image):
+    """`(width, height)` from a JPEG or PNG header, without PIL's size guard; None otherwise."""
+    if image[:4] == b"\x89PNG" and len(image) >= 24:
+        return int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+    if image[:3] == b"\xff\xd8\xff":
+        try:
+            height, width, _ = tf.image.extract_jpeg_shape(image).numpy().tolist()
+        except tf.errors.InvalidArgumentError:
+            return None
+        return width, height
+    return None
+
+
+def image_size(image):
+    """`(width, height)` of encoded image bytes, checked as the reader checks them.
+
+    The header is read with PIL. An image larger than PIL's decompression
+    bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`, about 179 million pixels) is
+    still written when it is a JPEG or PNG whose size its bytes can hold:
+    the reader decodes only a crop window of it, at reduced scale. One
+    whose header declares far more pixels than its bytes can hold
+    (`transforms.MAX_JPEG_PIXELS_PER_BYTE`) is refused, as the reader
+    would skip it.
+
+    Args:
+        image: bytes. An encoded image.
+
+    Returns:
+        `(width, height)`.
+
+    Raises:
+        ImageSkipped: with `reason` `"unreadable_image"` (not an image PIL
+            can read), `"image_too_large"` (over PIL's guard, and not a
+            JPEG or PNG) or `"image_corrupt"` (declared size beyond the
+            bytes).
+    """
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+    except Image.DecompressionBombError as error:
+        size = _header_size(image)
+        if size is None:
+            raise ImageSkipped("image_too_large", str(error)) from None
+        width, height = size
+    except Exception as error:  # noqa: BLE001 - PIL raises many types on bad bytes
+        raise ImageSkipped("unreadable_image", f"not a readable image: {error}") from None
+    per_byte = (transforms.MAX_PNG_PIXELS_PER_BYTE if image[:4] == b"\x89PNG"
+                else transforms.MAX_JPEG_PIXELS_PER_BYTE)
+    if width * height > per_byte * len(image):
+        raise ImageSkipped(
+            "image_corrupt",
+            f"the header declares {width}x{height} pixels, far more than {len(image)} bytes "
+            "can hold (a decompression bomb)")
+    return width, height
 
 
 def make_example(image, caption, key, url="", width=None, height=None,
@@ -52,10 +118,13 @@ def make_example(image, caption, key, url="", width=None, height=None,
 
     Returns:
         A `tf.train.Example`.
+
+    Raises:
+        ImageSkipped: the image cannot be read or declares an impossible
+            size (see `image_size`), when its size is read here.
     """
     if width is None or height is None:
-        with Image.open(io.BytesIO(image)) as opened:
-            width, height = opened.size
+        width, height = image_size(image)
     features = {
         "jpg": _bytes_feature(image),
         "txt": _bytes_feature(caption),
@@ -125,7 +194,9 @@ def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=Tr
     """Writes examples into shards `00000.tfrecord`, `00001.tfrecord`, ...
 
     Each image is opened (header only) to check that it is an image and to
-    read its size; unreadable ones are skipped and counted, never written.
+    read its size (`image_size`); unreadable ones (`unreadable_image`) and
+    ones whose header declares far more pixels than their bytes hold
+    (`image_corrupt`) are skipped and counted, never written.
     A shard is written as `.NNNNN.tfrecord.tmp` and renamed when complete:
     an interrupted run leaves no partial shard under a shard's name.
 
@@ -181,8 +252,8 @@ def write_tfrecords(examples, output_dir, examples_per_shard=10_000, progress=Tr
                     item["image"], item.get("caption", ""), item["key"], item.get("url", ""),
                     status=item.get("status", "success"), extra=item.get("extra"),
                 )
-            except Exception:  # noqa: BLE001 - PIL raises many types on bad bytes
-                summary.skipped["unreadable_image"] += 1
+            except ImageSkipped as skipped:
+                summary.skipped[skipped.reason] += 1
                 continue
             if writer is None or in_shard == examples_per_shard:
                 if writer is not None:

@@ -15,6 +15,8 @@ from keras_m3ae.training.checkpoints import recover_directory
 from keras_m3ae.training.checkpoints import save_preset_atomically
 from keras_m3ae.training.resume import TrainingCheckpoint
 from keras_m3ae.training.resume import fit_resumable
+from keras_m3ae.training.run_lock import RunLock
+from keras_m3ae.training.run_lock import RunLockError
 from keras_m3ae.training.monitoring import RunSummary
 from keras_m3ae.training.monitoring import SummaryWriter
 from keras_m3ae.training.monitoring import TensorBoardScalars

@@ -19,6 +19,9 @@ import signal
 import numpy as np
 from keras import ops
 
+from keras_m3ae.models.m3ae.preset_integrity import CHECKSUMS_FILE
+from keras_m3ae.models.m3ae.preset_integrity import write_checksums
+
 logger = logging.getLogger("keras_m3ae.training")
 
 # Test hook: "POINT:N" makes the process SIGKILL itself the N-th time it
@@ -139,7 +142,10 @@ def non_finite_variables(model):
 
 
 def save_preset_atomically(backbone, path):
-    """`backbone.save_to_preset(path)`, atomic, and never with non-finite weights.
+    """`backbone.save_to_preset(path)`, atomic, checksummed, never with non-finite weights.
+
+    The preset holds `checksums.json` (the SHA-256 of its files, checked
+    by `M3AEBackbone.from_preset`), also for a keras-hub backbone.
 
     Args:
         backbone: a keras-hub `Backbone` (e.g. `M3AEBackbone`).
@@ -159,3 +165,5 @@ def save_preset_atomically(backbone, path):
         )
     with atomic_directory(path) as temporary:
         backbone.save_to_preset(temporary)
+        if not os.path.exists(os.path.join(temporary, CHECKSUMS_FILE)):
+            write_checksums(temporary, backbone)  # a backbone not of this package

@@ -29,6 +29,7 @@ from keras_m3ae.training import hosts
 from keras_m3ae.training.checkpoints import atomic_directory
 from keras_m3ae.training.checkpoints import kill_point
 from keras_m3ae.training.checkpoints import recover_directory
+from keras_m3ae.training.run_lock import RunLock
 
 logger = logging.getLogger("keras_m3ae.training")
 
@@ -350,7 +351,17 @@ def fit_resumable(model, x, *, epochs, steps_per_epoch, checkpoint, callbacks=No
     Returns:
         The `History` of the last `fit` call, or None when the checkpoint
         already holds the whole run.
+
+    Raises:
+        RunLockError: another run writes the same checkpoint directory
+            (`RunLock`: one writer per directory).
     """
+    with RunLock(checkpoint.directory):
+        return _fit_resumable(model, x, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                              checkpoint=checkpoint, callbacks=callbacks, **kwargs)
+
+
+def _fit_resumable(model, x, *, epochs, steps_per_epoch, checkpoint, callbacks=None, **kwargs):
     callbacks = list(callbacks or [])
     if checkpoint not in callbacks:
         callbacks.append(checkpoint)

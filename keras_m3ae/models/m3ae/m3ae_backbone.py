@@ -1,5 +1,6 @@
 """The M3AE encoder: one ViT over `[cls | image patches | text tokens]`."""
 
+import os
 from typing import NamedTuple
 
 import keras
@@ -18,6 +19,7 @@ from keras_m3ae.layers.embedding import PositionTypeEmbedding
 from keras_m3ae.layers.transformer import TransformerStack
 from keras_m3ae.models.m3ae import m3ae_distribution
 from keras_m3ae.models.m3ae import m3ae_presets
+from keras_m3ae.models.m3ae import preset_integrity
 from keras_m3ae.optimizers.recipes import weight_decay_exclusions
 
 
@@ -85,7 +87,13 @@ def _check_image_values(images, has_image=None):
     if isinstance(images, np.ndarray) and isinstance(has_image, (np.ndarray, list)):
         images = images[np.asarray(has_image, bool)]
     if isinstance(images, np.ndarray) and images.size:
-        low, high = float(np.nanmin(images)), float(np.nanmax(images))
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise ValueError(
+                f"`images` hold {int(images.size - finite.sum())} NaN or infinite value(s) "
+                f"(first at index {tuple(int(i) for i in np.argwhere(~finite)[0])}); the model "
+                "cannot train on them.")
+        low, high = float(images.min()), float(images.max())
         if max(abs(low), abs(high)) > _MAX_ABS_NORMALISED_PIXEL:
             raise ValueError(
                 f"`images` range over [{low:.4g}, {high:.4g}]; the model takes images "
@@ -527,7 +535,37 @@ class M3AEBackbone(Backbone):
         if load is not None:
             return load(preset, **kwargs)
         m3ae_presets.check_preset_directory(preset, load_weights)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+        if "://" in str(preset):
+            return super().from_preset(preset, load_weights=load_weights, **kwargs)
+        # A local directory: its files are checked against their checksums,
+        # and the model built from its config against the weights, before
+        # they are loaded (see `preset_integrity`).
+        record = preset_integrity.verify_checksums(preset)
+        backbone = super().from_preset(preset, load_weights=False, **kwargs)
+        if load_weights:
+            weights = os.path.join(preset, "model.weights.h5")
+            if not os.path.exists(weights):  # sharded: keras-hub's index of the shards
+                weights = os.path.join(preset, "model.weights.json")
+            else:
+                preset_integrity.check_weights_fit(backbone, preset, record, weights)
+            backbone.load_weights(weights)
+        return backbone
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Saves the backbone as a keras-hub preset, with the checksums of its files.
+
+        Besides keras-hub's `config.json`, `metadata.json` and weights, it
+        writes `checksums.json`: the SHA-256 of each file and the model's
+        variables, which `from_preset` checks (a changed or damaged file,
+        or a config that does not fit the weights, is refused by name).
+
+        Args:
+            preset_dir: str. A local directory.
+            max_shard_size: int or float. Largest weights file in GB
+                (keras-hub's sharding).
+        """
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        preset_integrity.write_checksums(preset_dir, self)
 
 
 # `M3AEBackbone.presets` (and the classifier's) list them through keras-hub.

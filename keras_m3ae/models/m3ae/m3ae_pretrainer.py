@@ -5,6 +5,7 @@ import collections
 import keras
 from keras import ops
 
+from keras_m3ae.data.checks import batch_value_errors
 from keras_m3ae.data.checks import contract_errors
 from keras_m3ae.layers.masking import gather_tokens
 from keras_m3ae.layers.masking import num_kept
@@ -63,8 +64,9 @@ class M3AEPretrainer(keras.Model):
         decoder_hidden_dim: int. Decoder width (512).
         decoder_num_layers: int. Decoder blocks (8).
         decoder_num_heads: int. Decoder heads (16).
-        image_mask_ratio: float in [0, 1). Fraction of patches masked (0.75).
-        text_mask_ratio: float in [0, 1). Fraction of real tokens masked (0.75).
+        image_mask_ratio: float in (0, 1). Fraction of patches masked (0.75).
+        text_mask_ratio: float in (0, 1). Fraction of real tokens masked
+            (0.75); any value for MAE (no text).
         image_loss_weight: float (1.0).
         text_loss_weight: float (0.5).
         norm_pix_loss: bool. Normalise each target patch by its mean and std.
@@ -77,6 +79,10 @@ class M3AEPretrainer(keras.Model):
             default: the same weights, but a different text loss (and so
             different training) for batches whose captions differ in length.
         seed: optional int for the masking `SeedGenerator`.
+        allow_zero_mask_ratio: bool. Accept a mask ratio of 0 for a
+            modality the model takes (its loss is then always 0 and never
+            trains): only for a model that masks nothing, e.g. to look at
+            its reconstructions. Default False: a ratio of 0 is refused.
 
     Example:
     >>> backbone = keras_m3ae.M3AEBackbone(
@@ -101,6 +107,7 @@ class M3AEPretrainer(keras.Model):
         norm_pix_loss=False,
         text_loss_reduction="per_example",
         seed=None,
+        allow_zero_mask_ratio=False,
         **kwargs,
     ):
         if text_loss_reduction not in TEXT_LOSS_REDUCTIONS:
@@ -111,6 +118,15 @@ class M3AEPretrainer(keras.Model):
         for name, ratio in (("image_mask_ratio", image_mask_ratio), ("text_mask_ratio", text_mask_ratio)):
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1); got {ratio}.")
+        zero = [name for name, ratio, used in (
+            ("image_mask_ratio", image_mask_ratio, True),
+            ("text_mask_ratio", text_mask_ratio, backbone.has_text)) if used and ratio == 0]
+        if zero and not allow_zero_mask_ratio:
+            raise ValueError(
+                f"`{zero[0]}` is 0: nothing of that modality is masked, so its loss is always "
+                "0 and its objective never trains. Use a ratio in (0, 1) (the papers: 0.75); "
+                "for a model that masks nothing (looking at reconstructions, evaluation), "
+                "pass `allow_zero_mask_ratio=True`.")
         kwargs.setdefault("dtype", backbone.dtype_policy)
         super().__init__(**kwargs)
         self.backbone = backbone
@@ -146,6 +162,7 @@ class M3AEPretrainer(keras.Model):
         self.norm_pix_loss = norm_pix_loss
         self.text_loss_reduction = text_loss_reduction
         self.seed = seed
+        self.allow_zero_mask_ratio = allow_zero_mask_ratio
         self.num_image_kept = num_kept(backbone.num_patches, image_mask_ratio)
         self.num_text_kept = num_kept(backbone.max_text_length, text_mask_ratio)
         self.build()
@@ -329,27 +346,56 @@ class M3AEPretrainer(keras.Model):
         dot_product_global_norm(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
-    def _check_data(self, x):
-        """The one place inputs are checked: Keras' entry points, on raw data.
+    # --- Input checks ---
+    #
+    # Where inputs are checked, and why there (Keras 3.15). Structure (keys,
+    # shapes, dtypes) is checked in `__call__`: every entry point reaches it,
+    # directly or when Keras traces the train/test/predict step, so that one
+    # hook covers all of them (at trace time, once per compile). Values
+    # (token id ranges, NaN, unnormalised pixels) cannot be checked there:
+    # under jit `call` and `compute_loss` see traced values, and an error
+    # inside a compiled step never reaches the user. Keras has no public
+    # hook that sees the caller's raw data before its data adapters turn it
+    # into tensors, so values are checked where data enters, once per call:
+    # the data-taking entry points below, all through `_check_data`. For a
+    # dataset that costs one batch (the first, read once more), not a pass.
 
-        `call` trusts its inputs; by the time it runs inside `fit` Keras has
-        made tensors of the arrays and token id ranges can no longer be read.
-        Direct calls and datasets (by their element spec) are checked too; a
-        dataset of `keras_m3ae.data` also by its `data_spec` (image size,
-        text length, tokenizer vocabulary against the backbone's), before
-        the first step. Generators and `PyDataset`s, read lazily, are left
-        to Keras; `keras_m3ae.data.checks.validate_batches` checks values
-        per batch while debugging.
+    def _check_data(self, x, check_first_batch=False):
+        """Checks raw data where it enters: arrays by value, datasets by spec.
+
+        A dataset of `keras_m3ae.data` is checked by its `data_spec` (image
+        size, text length, tokenizer vocabulary against the backbone's);
+        any other `tf.data.Dataset` by its element spec and, with
+        `check_first_batch`, by the values of its first batch
+        (`keras_m3ae.data.checks.batch_value_errors`). Generators and
+        `PyDataset`s, read lazily, are left to Keras;
+        `keras_m3ae.data.checks.validate_batches` checks every batch of any
+        dataset.
         """
         data_spec = getattr(x, "data_spec", None)
         if data_spec is not None:
             self._check_data_spec(data_spec)
         spec = getattr(x, "element_spec", None)
         if spec is not None:
-            x = spec[0] if isinstance(spec, tuple) else spec
-        elif not isinstance(x, (dict, list, tuple)) and not hasattr(x, "shape"):
+            self.backbone.check_inputs(spec[0] if isinstance(spec, tuple) else spec)
+            if check_first_batch and data_spec is None and hasattr(x, "take"):
+                self._check_first_batch(x)
+            return
+        if not isinstance(x, (dict, list, tuple)) and not hasattr(x, "shape"):
             return
         self.backbone.check_inputs(x)
+
+    def _check_first_batch(self, ds):
+        """The values of a foreign dataset's first batch (one extra read of it)."""
+        for batch in ds.take(1).as_numpy_iterator():
+            errors = batch_value_errors(
+                batch, self.backbone.vocabulary_size if self.backbone.has_text else None)
+            if errors:
+                raise ValueError(
+                    "The first batch of the dataset cannot train the model: "
+                    + "; ".join(errors) + ". (Checked on the first batch only; wrap the "
+                    "dataset in `keras_m3ae.data.checks.validate_batches` to check every "
+                    "batch, or pass `check_first_batch=False` to skip this check.)")
 
     def _check_data_spec(self, data_spec):
         """A dataset's promises (`keras_m3ae.data.checks.DataSpec`) against the backbone."""
@@ -365,12 +411,29 @@ class M3AEPretrainer(keras.Model):
         self._check_data(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
-    def fit(self, x=None, *args, **kwargs):
-        self._check_data(x)
+    def fit(self, x=None, *args, check_first_batch=True, **kwargs):
+        """`keras.Model.fit`, with the input checks (see `_check_data`).
+
+        Args:
+            check_first_batch: bool. For a `tf.data.Dataset` not built by
+                `keras_m3ae.data`, read its first batch once more before
+                training and refuse values that cannot train (ids outside
+                the vocabulary, NaN or unnormalised images). Default True.
+        """
+        self._check_data(x, check_first_batch)
         if hasattr(x, "element_spec"):
             # Our pipelines shuffle already; Keras warns on shuffle=True for them.
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, check_first_batch=True, **kwargs):
+        """`keras.Model.evaluate`, with the input checks of `fit`."""
+        self._check_data(x, check_first_batch)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_data(x)
+        return super().predict(x, *args, **kwargs)
 
     def train_on_batch(self, x=None, *args, **kwargs):
         self._check_data(x)
@@ -380,17 +443,9 @@ class M3AEPretrainer(keras.Model):
         self._check_data(x)
         return super().test_on_batch(x, *args, **kwargs)
 
-    def predict(self, x, *args, **kwargs):
-        self._check_data(x)
-        return super().predict(x, *args, **kwargs)
-
     def predict_on_batch(self, x):
         self._check_data(x)
         return super().predict_on_batch(x)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        self._check_data(x)
-        return super().evaluate(x, *args, **kwargs)
 
     @classmethod
     def get_layout_map(
@@ -423,6 +478,7 @@ class M3AEPretrainer(keras.Model):
                 "norm_pix_loss": self.norm_pix_loss,
                 "text_loss_reduction": self.text_loss_reduction,
                 "seed": self.seed,
+                "allow_zero_mask_ratio": self.allow_zero_mask_ratio,
             }
         )
         return config

@@ -424,3 +424,20 @@ def test_jax_dot_product_global_norm_clips_as_keras_does(clip):
     # A non-finite gradient makes every gradient NaN, as in Keras.
     grads[1][0] = np.inf
     assert all(np.isnan(np.asarray(g)).all() for g in jax_update.clip_by_global_norm(grads, clip))
+
+
+def test_private_keras_optimizer_names_are_used_in_one_module_only():
+    import pathlib
+
+    import keras_m3ae
+
+    private = re.compile(
+        r"\b_(backend_update_step|apply_weight_decay|clip_gradients|use_weight_decay|"
+        r"exclude_from_weight_decay\w*|get_variable_index|trainable_variables|momentums|"
+        r"velocities|parallel_update_step|var_key)\b|keras\.src"
+    )
+    root = pathlib.Path(keras_m3ae.__file__).parent
+    users = sorted(
+        str(path.relative_to(root)) for path in root.rglob("*.py") if private.search(path.read_text())
+    )
+    assert users == ["optimizers/_keras_internals.py"]

@@ -2,10 +2,11 @@
 
 Keras's public optimizer hooks (`build`, `update_step`, `apply`,
 `stateless_apply`, `exclude_from_weight_decay`) handle one variable at a
-time or the whole step. Three things this library does need more: the
-torch update of all variables in one fused kernel, JAX's global-norm
-clipping from dot products, and reading which variables an optimizer
-exempts from weight decay. They use these private names of Keras 3.15:
+time or the whole step. What this library does beyond them (the torch
+update of all variables in one fused kernel, JAX's global-norm clipping
+from dot products, reading and copying which variables an optimizer
+exempts from weight decay, per-variable state in LARS and layer-wise
+learning-rate decay) uses these private names of Keras 3.15, here only:
 
 - `BaseOptimizer._backend_update_step(grads, variables, learning_rate)`:
   the step over all variables (Keras's default loops over `update_step`);

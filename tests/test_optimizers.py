@@ -318,6 +318,19 @@ def test_recipe_exemptions_are_the_originals():
         optimizers.pretrain_optimizer(recipe="bert")
 
 
+@pytest.mark.parametrize("recipe", ["mae", "m3ae"])
+def test_recipe_names_match_every_backends_variable_names(recipe):
+    # Keras matches `variable.name`: "gamma" on JAX and torch; TensorFlow's
+    # optimizer passes the tf.Variable, named by path with ":0".
+    pattern = re.compile("|".join(optimizers.PRETRAIN_RECIPES[recipe]))
+    for name in ("bias", "encoder/block_0/fc1/bias:0", "decoder/transformer/norm/beta:0"):
+        assert pattern.search(name), name
+    for name in ("kernel", "encoder/block_0/fc1/kernel:0", "text_bias_scale", "bias/kernel:0"):
+        assert not pattern.search(name), name
+    assert bool(pattern.search("encoder/norm/gamma:0")) == (recipe == "mae")
+    assert bool(pattern.search("cls_token/cls_token:0")) == (recipe == "m3ae")
+
+
 def test_recipes_hold_the_papers_betas_and_epsilon():
     for recipe in (None, "mae", "m3ae"):
         optimizer = optimizers.pretrain_optimizer(recipe=recipe)
@@ -441,3 +454,29 @@ def test_private_keras_optimizer_names_are_used_in_one_module_only():
         str(path.relative_to(root)) for path in root.rglob("*.py") if private.search(path.read_text())
     )
     assert users == ["optimizers/_keras_internals.py"]
+
+
+def test_embedding_rows_repeated_in_a_batch_get_the_dense_update():
+    # An embedding's gradient for ids [0, 0]: row 0 gets twice the gradient,
+    # and Adam's second moment its square. (Keras's own TensorFlow Adam
+    # squares the two sparse slices one by one: (1 - b2) * 2 instead of * 4.)
+    embedding = keras.layers.Embedding(3, 2)
+    embedding.build((None, 2))
+    start = keras.ops.convert_to_numpy(embedding.embeddings).copy()
+    optimizer = AdamW(0.1, weight_decay=0.0, beta_2=0.5, epsilon=1e-3)
+    ids = np.array([[0, 0]])
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(embedding(ids))
+        grads = tape.gradient(loss, [embedding.embeddings.value])
+        assert isinstance(grads[0], tf.IndexedSlices)
+    else:
+        grads = [keras.ops.convert_to_tensor(np.array([[2.0, 2.0], [0, 0], [0, 0]], "float32"))]
+    optimizer.apply(grads, [embedding.embeddings])
+    m, v = 0.9 * 0 + 0.1 * 2.0, 0.5 * 0 + 0.5 * 4.0
+    step = 0.1 * (m / 0.1) / (np.sqrt(v / 0.5) + 1e-3 / np.sqrt(0.5))
+    got = keras.ops.convert_to_numpy(embedding.embeddings)
+    np.testing.assert_allclose(got[0], start[0] - step, rtol=1e-6)
+    np.testing.assert_array_equal(got[1:], start[1:])

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_m3ae.optimizers import _keras_internals
 from keras_m3ae.optimizers import jax_update
+from keras_m3ae.optimizers import tf_update
 from keras_m3ae.optimizers import torch_adam
 
 
@@ -36,7 +37,11 @@ class AdamW(_keras_internals.UpdateHooks, keras.optimizers.AdamW):
       donated variables in place instead of copying them; with
       `global_clipnorm`, the norm from dot products
       (`keras_m3ae/optimizers/jax_update.py`).
-    - TensorFlow: Keras's step.
+    - TensorFlow: Keras's step, with an embedding's sparse gradient made
+      dense first: Keras's own squares it slice by slice, which gives a
+      token repeated in a batch the sum of the squares in Adam's second
+      moment, not the square of its gradient
+      (`keras_m3ae/optimizers/tf_update.py`).
     The fast step uses private Keras methods (`_keras_internals.py`), tested
     on Keras 3.15.x; on another Keras this optimizer warns once and takes
     Keras's step.
@@ -102,6 +107,8 @@ class AdamW(_keras_internals.UpdateHooks, keras.optimizers.AdamW):
     # --- The per-variable step (every backend, and the fallback) ---
 
     def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() == "tensorflow":
+            gradient = tf_update.dense(gradient)
         if not self.epsilon_after_bias_correction:
             return super().update_step(gradient, variable, learning_rate)
         # Keras's step with `eps * sqrt(1 - b2^t)` in place of `eps` is

@@ -69,17 +69,19 @@ LINEAR_PROBE_RECIPE = {
     "label_smoothing": 0.0,
 }
 # The variables each original pretraining code exempts from weight decay, as
-# regular expressions on this library's variable names (`variable.name`),
-# for `exclude_from_weight_decay(var_names=...)`; see the module docstring.
-MAE_NO_DECAY_NAMES = ("^bias$", "^gamma$", "^beta$")
-M3AE_NO_DECAY_NAMES = (
-    "^bias$",
-    "^beta$",
-    "^cls_token$",
-    "^type_embedding$",
-    "^image_mask_token$",
-    "^text_mask_token$",
-    "^embeddings$",
+# regular expressions on this library's variable names, for
+# `exclude_from_weight_decay(var_names=...)`; see the module docstring. Keras
+# matches them against `variable.name`: the bare name (`"gamma"`) on JAX and
+# torch, the TensorFlow variable's path with its output index
+# (`"encoder/norm/gamma:0"`) on TensorFlow; hence the optional parts.
+def _names(*names):
+    return tuple(rf"(^|/){name}(:\d+)?$" for name in names)
+
+
+MAE_NO_DECAY_NAMES = _names("bias", "gamma", "beta")
+M3AE_NO_DECAY_NAMES = _names(
+    "bias", "beta", "cls_token", "type_embedding", "image_mask_token", "text_mask_token",
+    "embeddings",
 )
 PRETRAIN_RECIPES = {"mae": MAE_NO_DECAY_NAMES, "m3ae": M3AE_NO_DECAY_NAMES}
 FINE_TUNE_RECIPE = {

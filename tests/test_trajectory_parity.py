@@ -38,12 +38,6 @@ LEARNING_RATE = 1e-3
 LOSS_RTOL = 1e-4
 WEIGHT_ATOL = 3e-5
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(DATA, "m3ae_final.npz")),
-    reason="parity fixtures not present",
-)
-
-
 class _GivenNoisePretrainer(keras_m3ae.M3AEPretrainer):
     """Takes its masking noise from the batch (`image_noise`, `text_noise` keys)."""
 

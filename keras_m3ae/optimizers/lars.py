@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_m3ae.optimizers import _keras_internals
+
 
 @keras.saving.register_keras_serializable(package="keras_m3ae")
 class LARS(keras.optimizers.Optimizer):
@@ -58,7 +60,7 @@ class LARS(keras.optimizers.Optimizer):
         ]
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = _keras_internals.variable_index(self, variable)
         learning_rate = ops.cast(learning_rate, variable.dtype)
         direction = ops.cast(gradient, variable.dtype)
         if self._adapted[index]:

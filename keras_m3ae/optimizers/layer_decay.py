@@ -18,6 +18,8 @@ TensorFlow and PyTorch alike.
 
 from keras import ops
 
+from keras_m3ae.optimizers import _keras_internals
+
 
 def _depth_groups(groups):
     # A backbone (or its structure) lists its own groups; see `layer_ids`.
@@ -73,23 +75,12 @@ def layer_decay_multipliers(groups, layer_decay):
 _CLASSES = {}
 
 
-def _public_base(cls):
-    # On torch, `keras.optimizers.AdamW()` returns a private fused subclass
-    # whose `_backend_update_step` never calls `update_step`; subclass the
-    # public class instead so every variable goes through `update_step`.
-    if cls.__module__.startswith("keras.src.backend."):
-        for base in cls.__mro__[1:]:
-            if base.__module__.startswith("keras.src.optimizers."):
-                return base
-    return cls
-
-
 def _multiplier_class(base):
-    base = _public_base(base)
+    base = _keras_internals.public_class(base)
     if base in _CLASSES:
         return _CLASSES[base]
 
-    class Multiplied(base):
+    class Multiplied(_keras_internals.DecayInUpdateStep, base):
         def build(self, variables):
             if self.built:
                 return
@@ -97,15 +88,11 @@ def _multiplier_class(base):
             lookup = getattr(self, "_lr_multiplier_lookup", {})
             self._lr_multipliers = [lookup.get(id(v), 1.0) for v in variables]
 
-        def _apply_weight_decay(self, variables):
-            # Done per variable in `update_step`, with the variable's rate.
-            return
-
         def update_step(self, gradient, variable, learning_rate):
-            multiplier = self._lr_multipliers[self._get_variable_index(variable)]
+            multiplier = self._lr_multipliers[_keras_internals.variable_index(self, variable)]
             if multiplier != 1.0:
                 learning_rate = learning_rate * multiplier
-            if self.weight_decay and self._use_weight_decay(variable):
+            if _keras_internals.decays(self, variable):
                 rate = ops.cast(learning_rate, variable.dtype) * ops.cast(
                     self.weight_decay, variable.dtype
                 )
@@ -145,13 +132,9 @@ def with_learning_rate_multipliers(optimizer, multipliers):
     pairs = multipliers.items() if isinstance(multipliers, dict) else multipliers
     cls = _multiplier_class(type(optimizer))
     new = cls.from_config(optimizer.get_config())
-    for attribute in (
-        "_exclude_from_weight_decay",
-        "_exclude_from_weight_decay_pattern",
-        "_excluded_ids",
-    ):
-        if hasattr(optimizer, attribute):
-            setattr(new, attribute, getattr(optimizer, attribute))
+    _keras_internals.copy_weight_decay_exclusions(optimizer, new)
+    if hasattr(optimizer, "_excluded_ids"):  # LARS's layer-adaptation exemptions
+        new._excluded_ids = optimizer._excluded_ids
     new._lr_multiplier_lookup = {id(v): float(m) for v, m in pairs}
     return new
 
@@ -166,5 +149,6 @@ def learning_rate_multipliers(optimizer):
         dict `variable.path -> multiplier` over the variables it trains.
     """
     return {
-        v.path: m for v, m in zip(optimizer._trainable_variables, optimizer._lr_multipliers)
+        v.path: m
+        for v, m in zip(_keras_internals.trained_variables(optimizer), optimizer._lr_multipliers)
     }

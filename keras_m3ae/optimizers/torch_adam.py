@@ -1,78 +1,64 @@
-"""Torch backend only: a fused, in-place Adam/AdamW update for Keras optimizers.
+"""Torch backend only: `keras_m3ae.optimizers.AdamW`'s update of all variables.
 
-Keras's torch Adam (`keras/src/backend/torch/optimizers/torch_adam.py`)
-updates all variables at once with out-of-place `torch._foreach_*` ops:
-`grads * grads`, `sqrt(v)`, `+ epsilon`, `m * alpha` and the quotient each
-materialise a temporary as large as the whole model. For a ViT-B MAE that is
-~5 x 450 MB of fresh memory per step; on CPU each such allocation is mapped
-and page-faulted anew, and the update took 2.6 s of a 4.2 s step (one
-thread), against 0.26 s for PyTorch's own AdamW on the same model
-(`benchmarks/RESULTS.md`, "ViTMAE (transformers) vs keras-m3ae (torch)").
+Keras's torch Adam updates all variables at once with out-of-place
+`torch._foreach_*` ops: `grads * grads`, `sqrt(v)`, `+ epsilon`, `m * alpha`
+and the quotient each materialise a temporary as large as the whole model,
+and its weight decay is a pass of its own. `update(optimizer, ...)` computes
+the same AdamW step in place. On CPU and CUDA it runs PyTorch's fused AdamW
+kernel (what `torch.optim.AdamW(fused=True)` runs), weight decay included:
+one pass over each tensor, no temporaries, one kernel call per (device,
+dtype, decay) group. Other devices, and code being compiled by
+`torch.compile`, take in-place ops one variable at a time, whose only
+temporary is one variable-sized `sqrt(v)`.
 
-`use_inplace_update(optimizer)` swaps the update of a Keras `Adam` /
-`AdamW` instance for an update that computes the same formula
-(`m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
-`var -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`) in place.
-On CPU and CUDA it runs PyTorch's fused AdamW kernel (what
-`torch.optim.AdamW(fused=True)` runs), weight decay included: one pass over
-each tensor, no temporaries, one kernel call per group of tensors (ViT-B
-MAE's 254 tensors, one CPU thread: 134 ms against 525 ms for
-`torch.optim.AdamW`'s default loop; `benchmarks/adam_update.py`). Other
-devices take the in-place ops one variable at a time, whose only temporary
-is one variable-sized `sqrt(v)`. Everything else of the Keras optimizer
-(learning-rate schedules, which variables decay, clipping, loss scaling, EMA,
-gradient accumulation, saving) is untouched: they run outside these
-methods. Other backends, other optimizers and `amsgrad=True` are left as
-they are.
+Both compute, with `t` the step, `var *= 1 - lr * wd` (decayed variables),
+`m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2` and
+
+- Keras's placement of epsilon:
+  `var -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`;
+- with `epsilon_after_bias_correction` (PyTorch's and optax's):
+  `var -= lr * m_hat / (sqrt(v_hat) + eps)`, `m_hat = m / (1 - b1^t)`,
+  `v_hat = v / (1 - b2^t)`.
 """
-
-import types
 
 import keras
 
+from keras_m3ae.optimizers import _keras_internals
 
 # Devices with PyTorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`).
-_FUSED_DEVICES = ("cpu", "cuda")
+FUSED_DEVICES = ("cpu", "cuda")
 
 
-def _inplace_update_step(self, grads, variables, learning_rate):
+def update(optimizer, grads, variables, learning_rate):
+    """One AdamW step of `optimizer` (not AMSGrad) on `variables`, in place."""
     import torch
 
     with torch.no_grad():
-        rest = _fused_update(self, grads, variables, learning_rate)
+        rest = _fused_update(optimizer, grads, variables, learning_rate)
         if rest:
-            _loop_update(self, *zip(*rest), learning_rate)
+            _loop_update(optimizer, *zip(*rest), learning_rate)
 
 
-def _decay_in_update(self, variables):
-    """Keras's separate weight-decay pass, left to `_inplace_update_step`.
-
-    Keras decays the variables (`var *= 1 - weight_decay * lr`) in a pass of
-    their own right before the update step; the update does it in the same
-    pass, as `torch.optim.AdamW` does (ViT-B: a pass over 110 M values).
-    """
-
-
-def _decay(self, variable):
-    """`variable`'s weight-decay rate, 0 where Keras would not decay it."""
-    if not self.weight_decay or not self._use_weight_decay(variable):
+def _decay(optimizer, variable):
+    """`variable`'s weight-decay rate, 0 where the optimizer does not decay it."""
+    if not _keras_internals.decays(optimizer, variable):
         return 0.0
-    return float(self.weight_decay)
+    return float(optimizer.weight_decay)
 
 
-def _slots(self, variable):
-    index = self._get_variable_index(variable)
-    return self._momentums[index].value, self._velocities[index].value
+def _slots(optimizer, variable):
+    m, v = _keras_internals.adam_slots(optimizer, variable)
+    return m.value, v.value
 
 
-def _fused_update(self, grads, variables, learning_rate):
+def _fused_update(optimizer, grads, variables, learning_rate):
     """PyTorch's fused AdamW kernel, per (device, dtype, decay) group.
 
-    Keras's step is `var -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`;
-    the kernel's is `var -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps')`,
-    the same with `eps' = eps / sqrt(1 - b2^t)`, which the kernel takes as a
-    host number: the step count is read back once per update. Its decay,
-    `var *= 1 - lr * weight_decay` before the step, is Keras's.
+    The kernel's step is `var -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`:
+    epsilon after the bias correction. Keras's placement is the same step
+    with `eps / sqrt(1 - b2^t)`, a host number: the step count is read back
+    once per update. Its decay, `var *= 1 - lr * weight_decay` before the
+    step, is Keras's.
 
     Returns:
         The `(grad, variable)` pairs left to `_loop_update`.
@@ -81,16 +67,20 @@ def _fused_update(self, grads, variables, learning_rate):
 
     if torch.compiler.is_compiling():  # the host step would break the graph
         return list(zip(grads, variables))
-    beta_1, beta_2, epsilon = float(self.beta_1), float(self.beta_2), float(self.epsilon)
-    step = int(self.iterations.value) + 1
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    step = int(optimizer.iterations.value) + 1
+    epsilon = float(optimizer.epsilon)
+    if not optimizer.epsilon_after_bias_correction:
+        epsilon = epsilon / (1 - beta_2**step) ** 0.5
     groups, rest = {}, []
     for grad, variable in zip(grads, variables):
         var = variable.value
-        if var.device.type not in _FUSED_DEVICES:
+        if var.device.type not in FUSED_DEVICES:
             rest.append((grad, variable))
             continue
-        group = groups.setdefault((var.device, var.dtype, _decay(self, variable)), ([], [], [], []))
-        for items, tensor in zip(group, (var, grad.to(var.dtype), *_slots(self, variable))):
+        key = (var.device, var.dtype, _decay(optimizer, variable))
+        group = groups.setdefault(key, ([], [], [], []))
+        for items, tensor in zip(group, (var, grad.to(var.dtype), *_slots(optimizer, variable))):
             items.append(tensor)
     learning_rate = keras.ops.convert_to_tensor(learning_rate)
     for (device, _, decay), (params, grads_, ms, vs) in groups.items():
@@ -98,58 +88,35 @@ def _fused_update(self, grads, variables, learning_rate):
         torch._fused_adamw_(
             params, grads_, ms, vs, [], steps,
             lr=learning_rate.to(device=device, dtype=torch.float32),
-            beta1=beta_1, beta2=beta_2, weight_decay=decay,
-            eps=epsilon / (1 - beta_2**step) ** 0.5,
+            beta1=beta_1, beta2=beta_2, weight_decay=decay, eps=epsilon,
             amsgrad=False, maximize=False,
         )
     return rest
 
 
-def _loop_update(self, grads, variables, learning_rate):
+def _loop_update(optimizer, grads, variables, learning_rate):
     """The same decay and step with in-place torch ops, one variable at a time."""
     import torch
 
+    beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
     dtype = variables[0].value.dtype
-    step = self.iterations.value.to(dtype) + 1
+    step = optimizer.iterations.value.to(dtype) + 1
     lr = keras.ops.convert_to_tensor(learning_rate).to(dtype)
-    # Keras's Adam form: alpha = lr * sqrt(1 - b2^t) / (1 - b1^t); a tensor,
-    # so no host sync on accelerators.
-    alpha = lr * torch.sqrt(1 - self.beta_2**step) / (1 - self.beta_1**step)
+    # Keras's form, alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), with epsilon
+    # scaled by sqrt(1 - b2^t) when it comes after the bias correction;
+    # tensors, so no host sync on accelerators.
+    correction_2 = torch.sqrt(1 - beta_2**step)
+    alpha = lr * correction_2 / (1 - beta_1**step)
+    epsilon = optimizer.epsilon * (correction_2 if optimizer.epsilon_after_bias_correction else 1.0)
     for grad, variable in zip(grads, variables):
-        m, v = _slots(self, variable)
+        m, v = _slots(optimizer, variable)
         var = variable.value
         grad = grad.to(var.dtype)
-        decay = _decay(self, variable)
+        decay = _decay(optimizer, variable)
         if decay:
             var.mul_(1 - decay * lr.to(var.dtype))
-        m.lerp_(grad, 1 - self.beta_1)
-        v.mul_(self.beta_2).addcmul_(grad, grad, value=1 - self.beta_2)
+        m.lerp_(grad, 1 - beta_1)
+        v.mul_(beta_2).addcmul_(grad, grad, value=1 - beta_2)
         # var -= alpha * m / (sqrt(v) + eps), as var -= m / ((sqrt(v) + eps) / alpha).
-        denom = v.sqrt().add_(self.epsilon).div_(alpha.to(var.dtype))
-        var.addcdiv_(m, denom, value=-1.0)
-
-
-def use_inplace_update(optimizer):
-    """Gives a Keras `Adam`/`AdamW` the fused (or in-place) update on the torch backend.
-
-    Replaces the instance's update step and its separate weight-decay pass,
-    which the update then applies.
-
-    Args:
-        optimizer: a Keras optimizer instance.
-
-    Returns:
-        True if the update was swapped; False (nothing changed) on other
-        backends, for other optimizers or with `amsgrad=True`.
-    """
-    if keras.backend.backend() != "torch":
-        return False
-    if type(optimizer).__name__ not in ("Adam", "AdamW") or getattr(optimizer, "amsgrad", True):
-        return False
-    if not isinstance(optimizer, keras.optimizers.Adam):
-        return False
-    if not hasattr(type(optimizer), "_parallel_update_step"):
-        return False  # Not Keras's torch Adam: nothing to replace.
-    optimizer._parallel_update_step = types.MethodType(_inplace_update_step, optimizer)
-    optimizer._apply_weight_decay = types.MethodType(_decay_in_update, optimizer)
-    return True
+        denom = v.sqrt().add_(epsilon if isinstance(epsilon, float) else epsilon.to(var.dtype))
+        var.addcdiv_(m, denom.div_(alpha.to(var.dtype)), value=-1.0)

@@ -51,7 +51,8 @@ class M3AEStructure(NamedTuple):
         text: the text-only layers (also in `embeddings`); image tasks never
             use them.
         embedding_matrices: lookup tables (the token embedding, a learned
-            position table), which the papers exclude from weight decay.
+            position table), which this library exempts from weight decay
+            by default.
     """
 
     embeddings: tuple
@@ -449,12 +450,15 @@ class M3AEBackbone(Backbone):
         return structure
 
     def no_weight_decay_variables(self, variables=None):
-        """Variables the papers exclude from weight decay.
+        """Variables this library exempts from weight decay by default.
 
         Every variable of rank <= 1 (biases, LayerNorm scales and offsets,
         the CLS, type and mask vectors), the text embedding matrix and a
         learned position table. The pretrainer and the classifier pass their
-        own variables, so their decoder and head follow the same rule.
+        own variables, so their decoder and head follow the same rule. This
+        is the library's choice, not either paper's: MAE's code decays the
+        CLS and mask tokens, the reference M3AE's the LayerNorm scales
+        (`keras_m3ae.optimizers.pretrain_optimizer(recipe=...)` has theirs).
 
         Args:
             variables: optional list of variables; the backbone's by default.

@@ -256,7 +256,8 @@ class M3AEImageClassifier(ImageClassifier):
         0.001), base learning rate 0.1, no weight decay, 10 warmup epochs,
         plain cross-entropy. Partial and full fine-tuning: AdamW (betas 0.9,
         0.999), base learning rate 1e-3, weight decay 0.05 (not on biases,
-        norms, CLS/type vectors and embeddings), layer-wise learning-rate
+        norms, CLS/type vectors and embeddings: this library's default,
+        `no_weight_decay_variables()`), layer-wise learning-rate
         decay 0.75, 5 warmup epochs, label smoothing 0.1. Mixup, CutMix and
         RandAugment belong to the input pipeline
         (`keras_m3ae.finetune.augment`); drop path to the backbone
@@ -268,9 +269,12 @@ class M3AEImageClassifier(ImageClassifier):
         follows a warmup + cosine schedule; otherwise it is constant.
 
         Args:
-            optimizer: `"auto"` (the recipe) or a Keras optimizer; a given
-                optimizer still gets the weight-decay exclusions and, if
-                `layer_decay` is set, per-layer learning rates.
+            optimizer: `"auto"` (the recipe) or a Keras optimizer. A given
+                optimizer's update is not changed; it gets this library's
+                weight-decay exemptions only if it has none of its own
+                (`exclude_from_weight_decay()` never called) and, if
+                `layer_decay` is set, is replaced by an unbuilt copy with
+                per-layer learning rates.
             loss: `"auto"` (cross-entropy on logits taking integer or
                 mixed one-hot labels) or a Keras loss.
             metrics: `"auto"` (top-1 accuracy) or a list of metrics.

@@ -18,11 +18,8 @@ from keras_m3ae.models.m3ae.m3ae_decoder import M3AEDecoder
 from keras_m3ae.models.m3ae.m3ae_losses import TEXT_LOSS_REDUCTIONS
 from keras_m3ae.models.m3ae.m3ae_losses import image_reconstruction_loss
 from keras_m3ae.models.m3ae.m3ae_losses import text_prediction_loss
-from keras_m3ae.optimizers.jax_update import dot_product_global_norm
-from keras_m3ae.optimizers.jax_update import update_after_gradients
 from keras_m3ae.optimizers.recipes import configure_optimizer
 from keras_m3ae.optimizers.recipes import pretrain_optimizer
-from keras_m3ae.optimizers.torch_adam import use_inplace_update
 
 # One modality after masking: the kept tokens `(B, K, D)`, the permutation
 # back to the original order, visibility in the original order, and (text)
@@ -68,7 +65,10 @@ class M3AEPretrainer(keras.Model):
         text_mask_ratio: float in (0, 1). Fraction of real tokens masked
             (0.75); any value for MAE (no text).
         image_loss_weight: float (1.0).
-        text_loss_weight: float (0.5).
+        text_loss_weight: float (0.5, the paper's value, Table 2 and
+            Sec. 4, and the reference README's pretraining command; the
+            flag default of the reference `m3ae_main.py` is 0.1: pass 0.1
+            to reproduce a run made with that script's defaults).
         norm_pix_loss: bool. Normalise each target patch by its mean and std.
         text_loss_reduction: `"per_example"` (default, the reference M3AE
             code): the text loss and accuracy average each example's masked
@@ -314,36 +314,41 @@ class M3AEPretrainer(keras.Model):
     # --- Training setup ---
 
     def no_weight_decay_variables(self):
-        """Biases, norms, CLS/type/mask vectors and the text embedding."""
+        """This library's default weight-decay exemptions (`M3AEBackbone.no_weight_decay_variables`).
+
+        Biases, norms, CLS/type/mask vectors, the text embedding and a
+        learned position table, over the backbone and the decoder.
+        """
         return self.backbone.no_weight_decay_variables(self.weights)
 
     def compile(self, optimizer="auto", jit_compile="auto", **kwargs):
-        """Configures training; defaults follow the papers.
+        """Configures training with the pretraining recipe or the given optimizer.
 
         `optimizer="auto"` is `keras_m3ae.optimizers.pretrain_optimizer()`:
-        AdamW(1.5e-4, weight_decay=0.05, betas (0.9, 0.95)) (scale the
-        learning rate by batch/256 yourself). For any optimizer with weight
-        decay, biases, norms, CLS/type/mask vectors and embeddings are
-        excluded from decay, as in the papers. On the torch backend a Keras
-        `Adam`/`AdamW` gets the same formula, weight decay included,
-        through PyTorch's fused AdamW kernel (in place where there is none;
-        `keras_m3ae.optimizers.torch_adam`): Keras's own materialises
-        several model-sized temporaries per step. On JAX the update is made
-        to depend on every gradient (`keras_m3ae.optimizers.jax_update`), so
-        XLA updates the donated variables in place instead of copying them,
-        and clipping by global norm takes its norm from dot products.
+        `keras_m3ae.optimizers.AdamW(1.5e-4, weight_decay=0.05)`, betas
+        (0.9, 0.95), epsilon 1e-8 (scale the learning rate by batch/256
+        yourself), whose update runs PyTorch's fused AdamW kernel on torch
+        and is ordered after all gradients on JAX.
+
+        A given optimizer is used as given: its class, update and settings
+        are not changed. Weight decay: if it decays, is not built yet, and
+        has no exemptions of its own (`exclude_from_weight_decay()` never
+        called, no `weight_decay_exempt_names`), it gets this library's
+        default exemptions, `no_weight_decay_variables()` (rank <= 1 and
+        embedding matrices; not the papers' rule: see
+        `pretrain_optimizer(recipe="mae" / "m3ae")` for the originals').
+        One with exemptions of its own keeps them; call
+        `optimizer.exclude_from_weight_decay()` with no arguments to decay
+        every variable.
 
         Args:
-            optimizer: `"auto"` or a Keras optimizer.
+            optimizer: `"auto"`, a Keras optimizer or its name.
             jit_compile: bool or `"auto"` (on where the backend supports it).
             **kwargs: passed to `keras.Model.compile`.
         """
-        if optimizer == "auto":
+        if isinstance(optimizer, str) and optimizer == "auto":
             optimizer = pretrain_optimizer()
         optimizer = configure_optimizer(optimizer, self.no_weight_decay_variables())
-        use_inplace_update(optimizer)
-        update_after_gradients(optimizer)
-        dot_product_global_norm(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     # --- Input checks ---

@@ -15,6 +15,7 @@ from keras_m3ae import data
 from keras_m3ae import layers
 from keras_m3ae import losses
 from keras_m3ae import optimizers
+from keras_m3ae import recipes
 from keras_m3ae import training
 from keras_m3ae.models import M3AEBackbone
 from keras_m3ae.models import M3AEDecoder

@@ -48,9 +48,10 @@ def test_every_run_is_planned_once_and_reported_in_the_issue_format():
     assert len(configs) == 2 * (2 + 4 + 2)
     results = []
     for index, config in enumerate(configs):
-        results.append(dict(config, accuracy=index / 100))
+        results.append(dict(config, accuracy=index / 100, accuracy_mean_pool=index / 50))
     summary = paper_trends.collect(results)
-    assert list(summary) == ["probe", "text_mask_ratio", "paired_fraction"]
+    assert list(summary) == ["probe", "text_mask_ratio", "paired_fraction", "paired_fraction_test"]
+    test = summary.pop("paired_fraction_test")
     assert list(summary["text_mask_ratio"]) == ["0.15", "0.5", "0.75", "0.9"]
     assert list(summary["paired_fraction"]) == ["0.0", "0.1", "1.0"]
     shared = summary["probe"]["m3ae"]
@@ -62,6 +63,35 @@ def test_every_run_is_planned_once_and_reported_in_the_issue_format():
               r["accuracy"] for r in results}
     assert summary["paired_fraction"]["0.1"] == [by_key[("m3ae", 0.75, 0.1, s)] for s in (0, 1)]
     assert summary["probe"]["random"] == [by_key[("random", None, None, s)] for s in (0, 1)]
+    # The paired test: 0.1 minus 0.0 seed by seed, for both poolings.
+    differences = [by_key[("m3ae", 0.75, 0.1, s)] - by_key[("m3ae", 0.75, 0.0, s)] for s in (0, 1)]
+    assert test["token"]["differences"] == pytest.approx(differences)
+    assert test["mean"]["differences"] == pytest.approx([2 * d for d in differences])
+    assert test["token"]["seeds"] == [0, 1]
+
+
+@pytest.mark.backend_independent
+def test_quick_gives_the_paired_claim_more_seeds_and_a_paired_test():
+    args = paper_trends.parse_args(["--quick", "--experiments", "paired_fraction"])
+    assert (args.seeds, args.paired_seeds) == (3, 8)
+    configs = paper_trends.configurations(args, vocabulary_size=40, directory="/tmp/x")
+    arms = {}
+    for c in configs:
+        arms.setdefault(c["paired_fraction"], []).append(c["seed"])
+    assert {k: sorted(v) for k, v in arms.items()} == {
+        0.0: list(range(8)), 0.1: list(range(8)), 1.0: [0, 1, 2]}
+    rng = np.random.default_rng(0)
+    results = []
+    for c in configs:
+        # 10 % paired is 0.02 better than none on every seed, whose own
+        # level varies by 0.1: the paired test sees it, the spread hides it.
+        level = 0.4 + 0.1 * np.sin(c["seed"]) + (0.02 if c["paired_fraction"] == 0.1 else 0)
+        results.append(dict(c, accuracy=level, accuracy_mean_pool=level + rng.normal(0, 0.01)))
+    test = paper_trends.paired_test(results)
+    assert test["token"]["mean"] == pytest.approx(0.02)
+    assert test["token"]["improved"] == 8 and test["token"]["p_one_sided"] < 1e-6
+    assert 0 < test["mean"]["p_one_sided"] < 0.05
+    assert paper_trends.parse_args(["--seeds", "4"]).paired_seeds == 4
 
 
 @pytest.mark.slow

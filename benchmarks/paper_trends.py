@@ -30,6 +30,12 @@ Writes `--json PATH` as
 [...]}, "chance": 0.125, ...}` (top-1 test accuracies, one per seed) and a
 plot (`--plot`). Runs configurations in parallel worker processes
 (`--workers`, default the number of cores), each single-threaded.
+Claim 3 is tested as a paired comparison (`paired_fraction_test` in the
+JSON): a seed gives the 0 % and 10 % runs the same initial weights, data
+order and masks, so each seed's difference is one observation; the printed
+line gives their mean, a paired t-test's one-sided p and the seeds that
+improve, for the CLS and the mean-pooled probe. `--paired_seeds` (default
+`--seeds`; 8 with `--quick`) runs those two arms on more seeds.
 `--experiments paired_per_token` runs a diagnostic: 10 % paired with the text
 loss averaged over masked tokens (`text_loss_reduction="per_token"`), so the
 few captions are not diluted by the caption-less examples of each batch.

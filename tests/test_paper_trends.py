@@ -187,16 +187,19 @@ def test_the_mae_experiments_share_runs_and_report_the_issue_keys(tmp_path):
     assert (tmp_path / "mae.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_one_mae_ablation_run_at_a_toy_size(tmp_path):
     args = paper_trends.parse_args([
-        "--experiments", "data_fraction", "--mae_image_size", "8", "--mae_patch_size", "4",
+        "--experiments", "data_fraction", "--seeds", "1", "--mae_image_size", "8", "--mae_patch_size", "4",
         "--probe_examples", "16", "--probe_test_examples", "16", "--pretrain_examples", "40",
         "--hidden_dim", "8", "--num_layers", "2", "--num_heads", "2", "--decoder_dim", "8",
         "--batch_size", "8", "--mae_steps", "2", "--finetune_epochs", "1",
     ])
     paper_trends.make_data(str(tmp_path), args, prefix="mae_", image_size=8)
-    config = paper_trends.configurations(args, None, str(tmp_path))[1]
-    assert (config["data_fraction"], config["finetunes"]) == (0.2, ["all:0.75"])
+    configs = paper_trends.configurations(args, None, str(tmp_path))
+    assert sorted(c["data_fraction"] for c in configs) == [0.2, 1.0]
+    config = [c for c in configs if c["data_fraction"] == 0.2][0]
+    assert config["finetunes"] == ["all:0.75"]
     result = paper_trends.run_config(config)
     # 20 % of 40 images is one batch of 8: two steps are two epochs.
     assert result["pretrain_steps"] == 2

@@ -388,6 +388,49 @@ def run_mae_ablation(config):
             "seconds": round(time.time() - start, 1)}
 
 
+def step_costs(args, directory, repeats=30):
+    """CPU seconds per step of each MAE setting and fine-tuning protocol.
+
+    Process time in this (single-threaded) process, `repeats` steps after 3
+    warm-up steps, so other load on the machine does not count; with the
+    set-up and compile time of each. Used to size `--quick` and to compare
+    the recipes' step costs.
+    """
+    import keras
+
+    from keras_m3ae.models import M3AEImageClassifier
+
+    make_data(directory, args, prefix="mae_", image_size=args.mae_image_size)
+    config = configurations(args, None, directory)[0]
+    images = _normalise(np.load(os.path.join(directory, "mae_pretrain.npz"))["images"])
+    costs = {}
+    for mask, depth in ((0.5, 1), (0.75, 1), (0.9, 1), (0.75, 4)):
+        start = time.process_time()
+        step = step_seconds(config, mask, depth, images, repeats)
+        costs[f"pretrain mask {mask} decoder {depth}"] = {
+            "step": step, "setup_and_compile": time.process_time() - start - repeats * step}
+    backbone, _ = _mae_pretrainer(config, 0.75, 1)
+    train = np.load(os.path.join(directory, "mae_probe_train.npz"))
+    x, y = _normalise(train["images"][: args.batch_size]), train["labels"][: args.batch_size]
+    for blocks in (0, 1, 2, None):
+        start = time.process_time()
+        copy = backbone.__class__.from_config(backbone.get_config())
+        classifier = M3AEImageClassifier(copy, num_classes=8, fine_tune_blocks=blocks,
+                                         compile=False)
+        classifier.compile(batch_size=args.batch_size, epochs=4, steps_per_epoch=64,
+                           layer_decay=None if blocks == 0 else STANDARD["layer_decay"])
+        for _ in range(3):
+            classifier.train_on_batch(x, y)
+        timed = time.process_time()
+        for _ in range(repeats):
+            classifier.train_on_batch(x, y)
+        step = (time.process_time() - timed) / repeats
+        costs[f"fine-tune {'all' if blocks is None else blocks} blocks"] = {
+            "step": step, "setup_and_compile": timed - start}
+    keras.backend.clear_session()
+    return costs
+
+
 def _worker(path):
     with open(path) as f:
         configs = json.load(f)
@@ -856,6 +899,9 @@ def parse_args(argv=None):
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3,
                         help="peak AdamW rate of partial and full fine-tuning (the probe keeps "
                              "LARS's recipe)")
+    parser.add_argument("--step_costs", action="store_true",
+                        help="only measure the CPU seconds per step of the MAE settings "
+                             "(single-threaded) and print / write them (--json)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -895,6 +941,17 @@ def main():
     args = parse_args()
     if args._worker:
         return _worker(args._worker)
+    if args.step_costs:
+        with tempfile.TemporaryDirectory(prefix="m3ae_trends_") as directory:
+            costs = step_costs(args, directory)
+        for name, cost in costs.items():
+            print(f"{name:<32} {cost['step']:.4f} s/step  set-up {cost['setup_and_compile']:.1f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"step_costs": costs, "backend": os.environ.get("KERAS_BACKEND"),
+                           "settings": {k: v for k, v in vars(args).items()
+                                        if not k.startswith("_")}}, f, indent=1)
+        return None
     start = time.time()
 
     def log(message):

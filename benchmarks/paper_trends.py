@@ -539,8 +539,9 @@ def expand(experiments):
     for name in experiments.split(","):
         for each in GROUPS.get(name, (name,)):
             if each not in EXPERIMENTS + DIAGNOSTICS + MAE_EXPERIMENTS:
-                raise SystemExit(f"Unknown experiment {each!r}; choose from "
-                                 f"{EXPERIMENTS + DIAGNOSTICS + MAE_EXPERIMENTS} or {tuple(GROUPS)}.")
+                known = EXPERIMENTS + DIAGNOSTICS + MAE_EXPERIMENTS
+                raise SystemExit(f"Unknown experiment {each!r}; choose from {known} "
+                                 f"or {tuple(GROUPS)}.")
             if each not in names:
                 names.append(each)
     return names
@@ -592,7 +593,8 @@ def run_all(configs, workers, log, on_result=None, cache=None):
                 results.append(result)
                 log(f"[{len(results)}/{total}] {describe(result)}: "
                     f"probe {result['accuracy']:.3f}"
-                    + "".join(f", fine-tune {k} {v:.3f}" for k, v in result.get("finetune", {}).items())
+                    + "".join(f", fine-tune {k} {v:.3f}"
+                              for k, v in result.get("finetune", {}).items())
                     + f" ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} s CPU)")
                 if on_result is not None:
                     on_result(results)
@@ -891,7 +893,8 @@ def parse_args(argv=None):
     parser.add_argument("--mae_image_size", type=int, default=24,
                         help="image side of the MAE experiments")
     parser.add_argument("--mae_patch_size", type=int, default=4,
-                        help="patch of the MAE experiments (24 / 4: 36 patches, 3 kept at mask 0.9)")
+                        help="patch of the MAE experiments (24 / 4: 36 patches, 3 kept at "
+                             "mask 0.9)")
     parser.add_argument("--mae_steps", type=int, default=None,
                         help="pretraining steps of the MAE experiments' runs")
     parser.add_argument("--finetune_epochs", type=int, default=None,
@@ -968,7 +971,11 @@ def main():
             log(f"rendering the MAE experiments' images at {args.mae_image_size} px")
             make_data(directory, args, prefix="mae_", image_size=args.mae_image_size)
         configs = configurations(args, vocabulary_size, directory)
-        log(f"{len(configs)} runs ({args.steps} steps of {args.batch_size} each) "
+        steps = " / ".join(
+            f"{n} steps" for n, group in ((args.steps, EXPERIMENTS + DIAGNOSTICS),
+                                          (args.mae_steps, MAE_EXPERIMENTS))
+            if any(e in group for e in experiments))
+        log(f"{len(configs)} runs ({steps} of {args.batch_size} each) "
             f"on {args.workers} workers, backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}")
 
         def save_partial(results):

@@ -163,8 +163,9 @@ def test_the_mae_experiments_share_runs_and_report_the_issue_keys(tmp_path):
     assert list(summary["data_fraction"]) == ["0.2", "1.0"]
 
     def run(mask, depth, fraction=1.0, budget="steps"):
-        return [r for r in results if (r["image_mask_ratio"], r["decoder_layers"],
-                                       r["data_fraction"], r["budget"]) == (mask, depth, fraction, budget)]
+        return [r for r in results
+                if (r["image_mask_ratio"], r["decoder_layers"], r["data_fraction"], r["budget"])
+                == (mask, depth, fraction, budget)]
 
     baseline, efficient = run(0.75, 1), run(0.9, 1)
     assert summary["mae_mask_ratio"]["0.9"] == [r["accuracy"] for r in efficient]
@@ -190,7 +191,8 @@ def test_the_mae_experiments_share_runs_and_report_the_issue_keys(tmp_path):
 @pytest.mark.slow
 def test_one_mae_ablation_run_at_a_toy_size(tmp_path):
     args = paper_trends.parse_args([
-        "--experiments", "data_fraction", "--seeds", "1", "--mae_image_size", "8", "--mae_patch_size", "4",
+        "--experiments", "data_fraction", "--seeds", "1", "--mae_image_size", "8",
+        "--mae_patch_size", "4",
         "--probe_examples", "16", "--probe_test_examples", "16", "--pretrain_examples", "40",
         "--hidden_dim", "8", "--num_layers", "2", "--num_heads", "2", "--decoder_dim", "8",
         "--batch_size", "8", "--mae_steps", "2", "--finetune_epochs", "1",

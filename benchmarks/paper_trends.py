@@ -338,8 +338,13 @@ def fine_tune_accuracy(backbone, config, blocks, layer_decay):
                        warmup_epochs=max(1, epochs // 10),
                        base_learning_rate=None if blocks == "0" else base_rate,
                        layer_decay=None if blocks == "0" else layer_decay)
-    classifier.fit(_normalise(train["images"]), train["labels"], batch_size=batch_size,
-                   epochs=epochs, shuffle=True, verbose=0)
+    # Shuffled each epoch here: a Task's `fit` batches arrays in order.
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((_normalise(train["images"]), train["labels"]))
+    dataset = dataset.shuffle(len(train["labels"]), seed=config["seed"],
+                              reshuffle_each_iteration=True).batch(batch_size)
+    classifier.fit(dataset, epochs=epochs, verbose=0)
     logits = classifier.predict(_normalise(test["images"]), batch_size=512, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == test["labels"]))
 
@@ -359,6 +364,8 @@ def run_mae_ablation(config):
     if config["data_fraction"] < 1:
         keep = np.random.default_rng(config["seed"]).permutation(len(images))
         images = images[keep[: int(round(config["data_fraction"] * len(images)))]]
+    # Whole batches only, so the schedule's length is the steps `fit` takes.
+    images = images[: len(images) // config["batch_size"] * config["batch_size"]]
     steps, ratio = config["steps"], None
     if config.get("budget") == "time":
         standard = step_seconds(config, STANDARD["image_mask_ratio"], STANDARD["decoder_layers"],

@@ -926,16 +926,21 @@ def parse_args(argv=None):
     return args
 
 
-def summarise(results, experiments, args, start, complete=True):
-    """The JSON: figures per experiment, settings, timing and every run."""
+def summarise(results, experiments, args, start, complete=True, planned=None):
+    """The JSON: figures per experiment, settings, timing and every run.
+
+    With `complete=False`, only the seeds whose `planned` runs (all
+    configurations) have all finished enter the figures.
+    """
     if complete:
         summary = collect(results, experiments)
     else:  # whole seeds only
-        done = {}
+        expected, done = {}, {}
+        for c in planned or results:
+            expected[c["seed"]] = expected.get(c["seed"], 0) + 1
         for r in results:
             done[r["seed"]] = done.get(r["seed"], 0) + 1
-        per_seed = max(done.values())
-        whole = {seed for seed, n in done.items() if n == per_seed}
+        whole = {seed for seed, n in done.items() if n == expected[seed]}
         summary = collect([r for r in results if r["seed"] in whole], experiments)
         summary["partial"] = f"{len(results)} runs done; seeds {sorted(whole)} complete"
     summary["chance"] = 1 / 8
@@ -987,7 +992,8 @@ def main():
 
         def save_partial(results):
             if args.json:
-                partial = summarise(results, experiments, args, start, complete=False)
+                partial = summarise(results, experiments, args, start, complete=False,
+                                    planned=configs)
                 with open(args.json, "w") as f:
                     json.dump(partial, f, indent=1)
 

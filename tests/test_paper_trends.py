@@ -180,8 +180,13 @@ def test_the_mae_experiments_share_runs_and_report_the_issue_keys(tmp_path):
         for _, values in paper_trends._flat(group):
             assert len(values) == 2
     # Partial results keep whole seeds only.
-    partial = paper_trends.summarise(results[:8], NEW_KEYS, args, start=0, complete=False)
+    partial = paper_trends.summarise(results[:8], NEW_KEYS, args, start=0, complete=False,
+                                     planned=configs)
     assert partial["partial"] == "8 runs done; seeds [0] complete"
+    early = paper_trends.summarise(results[:3], NEW_KEYS, args, start=0, complete=False,
+                                   planned=configs)
+    assert early["partial"] == "3 runs done; seeds [] complete"
+    assert early["llrd"] == {"on": [], "off": []} and len(early["runs"]) == 3
     assert all(len(v) == 1 for _, v in paper_trends._flat(partial["llrd"]))
     summary["chance"] = 0.125
     paper_trends.plot(summary, str(tmp_path / "mae.png"))

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+import keras_m3ae
 from common import accuracy, default_preset, load_default, load_tfds, parser, tune_host
 from keras_m3ae.finetune.augment import FineTuneAugmentation
 from keras_m3ae.models import M3AEImageClassifier
@@ -27,8 +28,13 @@ def main():
     p.add_argument("--fine_tune_blocks", type=int, default=None)
     p.add_argument("--layer_decay", type=float, default=None)
     p.add_argument("--drop_path_rate", type=float, default=0.1)
+    p.add_argument("--recipe", default="standard", choices=["standard", "efficient"],
+                   help="layer decay 0.75 (standard) or 0.82 (efficient; docs/recipes.md) "
+                        "unless --layer_decay is given")
     args = p.parse_args()
     tune_host()
+    if args.layer_decay is None:
+        args.layer_decay = keras_m3ae.recipes.get(args.recipe).fine_tune.layer_decay
     start = time.time()
     image_size = args.image_size
     if args.dataset == "default":

@@ -65,6 +65,13 @@ def parse_args(argv=None):
     p.add_argument("--multi_host", action=argparse.BooleanOptionalAction, default=None,
                    help="initialise multi-process JAX (default: when "
                         "KERAS_DISTRIBUTION_NUM_PROCESSES > 1)")
+    p.add_argument("--recipe", default="standard", choices=["standard", "efficient"],
+                   help="efficient: mask 0.9, 1-block decoder, 1/16 of --epochs (docs/recipes.md); "
+                        "flags given explicitly still win")
+    from keras_m3ae import recipes
+
+    known = p.parse_known_args(argv)[0]
+    p.set_defaults(**recipes.get(known.recipe).example_pretrain_flags(known.epochs))
     return p.parse_args(argv)
 
 

@@ -29,7 +29,8 @@ _NAMES = {
     "M3AEPretrainer": "keras_m3ae.models",
 }
 _SUBPACKAGES = (
-    "analysis", "convert", "data", "finetune", "layers", "losses", "optimizers", "training",
+    "analysis", "convert", "data", "finetune", "layers", "losses", "optimizers", "recipes",
+    "training",
 )
 
 

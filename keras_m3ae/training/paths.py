@@ -59,7 +59,12 @@ def open_file(path, mode="r"):
     """`open` for local paths, `tf.io.gfile.GFile` for URLs (text or binary by `mode`)."""
     if is_local(path):
         return open(local(path), mode)
-    return _gfile().GFile(path, mode)
+    gfile = _gfile()
+    if mode.startswith("w") and gfile.exists(path):
+        # TensorFlow's ram:// file system does not truncate a file opened
+        # for writing: removed first.
+        gfile.remove(path)
+    return gfile.GFile(path, mode)
 
 
 def rmtree(path):

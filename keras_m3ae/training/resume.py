@@ -56,12 +56,14 @@ same step boundary (one small collective per step agrees on it) and raise
 `Preempted`; rerunning the same command resumes from that step.
 """
 
+import atexit
 import csv
 import hashlib
 import io
 import json
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -274,6 +276,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._manager = None
         self._staging = None
         self._previous_handler = None
+        self._handler_installed = False
 
     # Where Orbax writes.
 
@@ -293,6 +296,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 "gs:// only, and on several hosts to a directory all of them see; use one.")
         if self._staging is None:
             self._staging = tempfile.mkdtemp(prefix="keras_m3ae_checkpoint_")
+            atexit.register(shutil.rmtree, self._staging, True)
         return self._staging
 
     def _open(self):
@@ -503,7 +507,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                                  for i, v in enumerate(variables)}
         restored = self._open().restore(meta["step"], args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(target)}))[STATE]
+        # A checkpoint of an epoch's last step: this epoch starts its running
+        # means from zero (Keras reset them), as the uninterrupted run did.
+        skipped = {"metrics"} if meta["epoch"] != self._epoch else set()
         for group, variables in groups.items():
+            if group in skipped:
+                continue
             for i, variable in enumerate(variables):
                 variable.assign(restored[group][str(i)])
         logger.warning("Restored step %d from %s.", meta["step"], self.directory)
@@ -649,15 +658,19 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     # Preemption.
 
     def _install_handler(self):
-        if not self.save_on_preemption or self._previous_handler is not None or \
+        if not self.save_on_preemption or self._handler_installed or \
                 threading.current_thread() is not threading.main_thread():
             return
         self._previous_handler = signal.signal(
             signal.SIGTERM, lambda signum, frame: request_preemption_save())
+        self._handler_installed = True
 
     def _uninstall_handler(self):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
+        if self._handler_installed:
+            # None: a handler installed outside Python; the default is put back.
+            previous = self._previous_handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            self._handler_installed = False
             self._previous_handler = None
 
     # Callback hooks.

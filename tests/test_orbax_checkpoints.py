@@ -17,6 +17,7 @@ from test_resume import write_shards
 
 import keras_m3ae
 from keras_m3ae.training import TrainingCheckpoint
+from keras_m3ae.training import paths
 from keras_m3ae.training.resume import read_checkpoint_metadata
 
 
@@ -136,7 +137,11 @@ def test_a_run_on_ram_urls_writes_everything_there_and_resumes_from_there(tmp_pa
     assert read_checkpoint_metadata(f"{out}/checkpoint")["step"] == 6
     assert sorted(name.rstrip("/") for name in gfile.listdir(f"{out}/checkpoint")) == ["4", "6"]
     assert gfile.exists(f"{out}/preset/model.weights.h5")
-    weights = keras_m3ae.M3AEBackbone.from_preset(f"{out}/preset").get_weights()
+    # Loaded from a local copy: keras-hub's `from_preset` caches what it
+    # downloads from a URL by file name, so a second load in this process
+    # would return the first download.
+    paths.copy_tree(f"{out}/preset", str(tmp_path / "preset_copy"))
+    weights = keras_m3ae.M3AEBackbone.from_preset(str(tmp_path / "preset_copy")).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(weights, pretrainer.backbone.get_weights()))
     events = gfile.listdir(f"{out}/tensorboard/train")
     assert len(events) >= 1 and gfile.stat(f"{out}/tensorboard/train/{events[0]}").length > 0

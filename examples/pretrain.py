@@ -5,15 +5,20 @@ trains with AdamW (base lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95),
 linear warmup then cosine decay, mask ratios 0.75, loss weights 1.0 / 0.5.
 Every `--save_every_steps` steps (and at the end) it writes a checkpoint of
 everything that decides the next step (model, optimizer, masking seeds,
-metrics, step, and each host's data position), atomically; rerunning the
-same command after a kill continues from the last one and finishes with the
-same weights and the same per-step log (`steps.jsonl`) as a run that was
-never interrupted (data order is deterministic unless
+metrics, step, and each host's data position) with Orbax, keeping the last
+`--keep_checkpoints`; rerunning the same command after a kill continues
+from the last one and finishes with the same weights and the same per-step
+log (`steps.jsonl`) as a run that was never interrupted (data order is deterministic unless
 `--no_deterministic`). The encoder is saved as a preset after every epoch
 (atomically too). A NaN or infinite loss stops the run before anything is
 saved, with a non-zero exit and a message naming the step and the losses.
 On several hosts (multi-process JAX: `--multi_host`, or the
-`KERAS_DISTRIBUTION_*` variables set) only process 0 writes.
+`KERAS_DISTRIBUTION_*` variables set) each host writes its own shards of
+the checkpoints (Orbax, asynchronously) and process 0 everything else.
+`--output_dir` may be a local directory or a `tf.io.gfile` URL
+(`gs://bucket/run`). A SIGTERM (a preemption notice) makes every host save
+a checkpoint at the same step and exit with status 143; rerunning the same
+command continues from it.
 
     # CC12M, ViT-B, on whatever KERAS_BACKEND selects:
     python examples/pretrain.py --data "/data/cc12m/*.tfrecord" \
@@ -55,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every_steps", type=int, default=500,
                    help="checkpoint interval: a kill loses at most this many steps")
+    p.add_argument("--keep_checkpoints", type=int, default=2,
+                   help="how many of the most recent checkpoints to keep")
     p.add_argument("--log_every_steps", type=int, default=100,
                    help="TensorBoard scalars and skip counts every this many steps")
     p.add_argument("--snapshot_every_steps", type=int, default=1000,
@@ -114,6 +121,7 @@ def main(argv=None):
     from keras_m3ae import data
     from keras_m3ae import training
     from keras_m3ae.training import hosts
+    from keras_m3ae.training import paths
 
     if hosts.multi_host_requested(args.multi_host):
         # Before anything runs on JAX; several hosts train one model.
@@ -124,7 +132,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     if args.distribution != "none":
         set_distribution(args.distribution)
-    os.makedirs(args.output_dir, exist_ok=True)
+    paths.makedirs(args.output_dir)
     run_lock = training.RunLock(args.output_dir).acquire()  # one run writes here at a time
 
     overrides = {"dtype": args.dtype} if args.dtype else {}
@@ -190,6 +198,7 @@ def main(argv=None):
         positions=[position], skip_counters=[dataset.skip_counter],
         config={k: getattr(args, k) for k in FINGERPRINT} | {"hosts": num_hosts},
         log_path=os.path.join(args.output_dir, "steps.jsonl"),
+        max_to_keep=args.keep_checkpoints,
     )
     # First: a non-finite loss stops the run before any callback below
     # saves the broken weights.
@@ -226,8 +235,12 @@ def main(argv=None):
                                callbacks=callbacks, verbose="auto" if chief else 0)
     except keras_m3ae.training.NonFiniteLossError as error:
         raise SystemExit(f"error: {error}") from None
+    except keras_m3ae.training.Preempted as preempted:
+        # Every host saved at the same step; the same command resumes.
+        print(f"{preempted} Exiting with status {training.PREEMPTED_EXIT_CODE}.", flush=True)
+        raise SystemExit(training.PREEMPTED_EXIT_CODE) from None
     if chief:
-        if not os.path.isdir(preset_dir):
+        if not paths.isdir(preset_dir):
             # A rerun of a finished run, or one that never ended an epoch here.
             training.save_preset_atomically(backbone, preset_dir)
         print(f"Encoder preset: {preset_dir}.")

@@ -24,6 +24,9 @@ from keras_m3ae.training import NonFiniteLossGuard
 from keras_m3ae.training import TrainingCheckpoint
 from keras_m3ae.training import fit_resumable
 from keras_m3ae.training.checkpoints import KILL_ENV
+from keras_m3ae.training.checkpoints import TERM_ENV
+from keras_m3ae.training.resume import read_checkpoint_arrays
+from keras_m3ae.training.resume import read_checkpoint_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,14 +87,14 @@ def test_a_restarted_stream_continues_with_exactly_the_next_batches(tmp_path):
         data.image_text_dataset(pattern, image_size=16, batch_size=4, position=DataPosition())
 
 
-def train(pattern, out, pretrainer, epochs=2, steps_per_epoch=3, crash_at=None):
+def train(pattern, out, pretrainer, epochs=2, steps_per_epoch=3, crash_at=None, extra=()):
     position = DataPosition(capacity=256)
     ds = stream(pattern, position)
     checkpoint = TrainingCheckpoint(os.path.join(out, "checkpoint"), every_steps=2,
                                     positions=[position], skip_counters=[ds.skip_counter],
                                     config={"batch_size": 4},
                                     log_path=os.path.join(out, "steps.jsonl"))
-    callbacks = [NonFiniteLossGuard()] + ([CrashAt(crash_at)] if crash_at else [])
+    callbacks = [NonFiniteLossGuard()] + ([CrashAt(crash_at)] if crash_at else []) + list(extra)
     fit_resumable(pretrainer, ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                   checkpoint=checkpoint, callbacks=callbacks, verbose=0)
     return checkpoint
@@ -121,7 +124,7 @@ def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     out = str(tmp_path / "run")
     with pytest.raises(Crash):
         train(pattern, out, pretrainer, crash_at=4)
-    manifest = json.load(open(os.path.join(out, "checkpoint", "manifest.json")))
+    manifest = read_checkpoint_metadata(os.path.join(out, "checkpoint"))
     assert manifest["step"] == 2 and manifest["positions"][0][0]["examples"] == 8
     assert manifest["skip_counts"][0][0]["image_not_decodable"] >= 1
     checkpoint = train(pattern, out, pretrainer)
@@ -140,10 +143,13 @@ def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
                            config={"batch_size": 8}).load()
 
 
-def run_pretrain(args, kill=None, timeout=600):
+def run_pretrain(args, kill=None, timeout=600, env=None):
+    extra = env or {}
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT,
                TF_CPP_MIN_LOG_LEVEL="2")
     env.pop(KILL_ENV, None)
+    env.pop(TERM_ENV, None)
+    env.update(extra)
     if kill:
         env[KILL_ENV] = kill
     return subprocess.run([sys.executable, os.path.join(ROOT, "examples", "pretrain.py")] + args,
@@ -151,8 +157,7 @@ def run_pretrain(args, kill=None, timeout=600):
 
 
 def final_state(out):
-    with np.load(os.path.join(out, "checkpoint", "state.npz")) as arrays:
-        return {k: arrays[k] for k in arrays.files}
+    return read_checkpoint_arrays(os.path.join(out, "checkpoint"))
 
 
 @pytest.mark.slow
@@ -170,20 +175,20 @@ def test_pretrain_command_killed_at_any_moment_finishes_like_an_uninterrupted_ru
 
     out = str(tmp_path / "run")
     # 8 steps, checkpoints after steps 3 and 6, presets after steps 4 and 8.
-    # Each kill below comes before the checkpoint of step 6 is complete, so
-    # every restart goes back to step 3.
+    # Each kill below comes before the checkpoint of step 6 is complete
+    # (Orbax commits a step once its asynchronous write is done), so every
+    # restart goes back to step 3.
     kills = [
         "step:5",  # during step 5
         "write:preset:1",  # writing the preset of epoch 1 (after step 4 of the resumed run)
-        "write:checkpoint:1",  # writing the checkpoint of step 6, before the swap
-        "swap:checkpoint:1",  # between the two renames of that swap
+        "write:checkpoint:1",  # just after the write of step 6's checkpoint started
+        "swap:preset:1",  # between the two renames of the preset's swap
     ]
     for kill in kills:
         killed = run_pretrain(common + ["--output_dir", out], kill=kill)
         assert killed.returncode == -signal.SIGKILL, (kill, killed.stderr[-3000:])
         # The last good checkpoint is loadable at every moment.
-        manifest = json.load(open(os.path.join(out, "checkpoint", "manifest.json"))) \
-            if os.path.isdir(os.path.join(out, "checkpoint")) else None
+        manifest = read_checkpoint_metadata(os.path.join(out, "checkpoint"))
         assert manifest is None or manifest["step"] == 3, (kill, manifest)
     finished = run_pretrain(common + ["--output_dir", out])
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -224,18 +229,18 @@ def test_checkpoints_are_verified_never_non_finite_and_half_writes_are_ignored(t
     checkpoint.step = 6
     with pytest.raises(ValueError, match=f"step 6: {variable.path} is not finite.*kept"):
         checkpoint.save()
-    # A write killed half-way leaves a temporary copy: ignored and cleared.
-    os.makedirs(tmp_path / ".checkpoint.tmp")
+    checkpoint.close()
+    assert sorted(os.listdir(directory)) == ["5"]
+    # A write killed half-way leaves Orbax's temporary directory: ignored and cleared.
+    os.makedirs(os.path.join(directory, "6.orbax-checkpoint-tmp", "state"))
     assert TrainingCheckpoint(directory).load()["step"] == 5
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
+    assert sorted(os.listdir(directory)) == ["5"]
     # The restore puts the saved value back.
     resumed = TrainingCheckpoint(directory)
     resumed.set_model(pretrainer)
     resumed.load()
     resumed.on_epoch_begin(0)
+    resumed.close()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), good)
-    # A state file that does not match its manifest is refused.
-    with open(os.path.join(directory, "state.npz"), "ab") as f:
-        f.write(b"x")
-    with pytest.raises(ValueError, match="does not match the SHA-256.*corrupt"):
-        TrainingCheckpoint(directory).load()
+    np.testing.assert_array_equal(read_checkpoint_arrays(directory)["model/0"],
+                                  keras.ops.convert_to_numpy(pretrainer.variables[0]))

@@ -16,6 +16,7 @@ from keras_m3ae.analysis.visualization import to_pixels
 from keras_m3ae.data.constants import CC12M_MEAN
 from keras_m3ae.data.constants import CC12M_STD
 from keras_m3ae.training import hosts
+from keras_m3ae.training import paths
 from keras_m3ae.training.monitoring import SummaryWriter
 from keras_m3ae.training.monitoring import writes_here
 
@@ -67,7 +68,7 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
     Args:
         batch: dict of arrays, a batch as the pretrainer takes it (the first
             `max_rows` examples are used).
-        log_dir: str. Images go to `log_dir/images` (TensorBoard, tag
+        log_dir: str. A local directory or a `tf.io.gfile` URL. Images go to `log_dir/images` (TensorBoard, tag
             `reconstructions`) and, with `png`, to
             `log_dir/reconstructions/step_NNNNNNNN.png`.
         every_steps: int. Take a picture every this many optimizer steps
@@ -168,10 +169,11 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
     def _write_png(self, grid, step):
         from PIL import Image
 
-        folder = os.path.join(self.log_dir, "reconstructions")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{step:08d}.png")
-        Image.fromarray((grid * 255).round().astype("uint8")).save(path)
+        folder = paths.join(self.log_dir, "reconstructions")
+        paths.makedirs(folder)
+        path = paths.join(folder, f"step_{step:08d}.png")
+        with paths.open_file(path, "wb") as f:
+            Image.fromarray((grid * 255).round().astype("uint8")).save(f, format="PNG")
         self.written.append(path)
 
     def _write_summary(self, grid, step):

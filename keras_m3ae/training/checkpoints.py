@@ -15,12 +15,14 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 
 import numpy as np
 from keras import ops
 
 from keras_m3ae.models.m3ae.preset_integrity import CHECKSUMS_FILE
 from keras_m3ae.models.m3ae.preset_integrity import write_checksums
+from keras_m3ae.training import paths
 
 logger = logging.getLogger("keras_m3ae.training")
 
@@ -28,28 +30,43 @@ logger = logging.getLogger("keras_m3ae.training")
 # reaches POINT ("step", "write:NAME" inside an atomic write of a directory
 # named NAME, "swap:NAME" between its two renames), to test what a kill
 # leaves behind.
+# "write:checkpoint" is the moment right after a checkpoint's asynchronous
+# write started. `KERAS_M3AE_TEST_TERM` ("POINT:N") sends SIGTERM instead
+# (a preemption notice) and lets the process go on.
 KILL_ENV = "KERAS_M3AE_TEST_KILL"
+TERM_ENV = "KERAS_M3AE_TEST_TERM"
 _kill_counts = {}
 
 
 def kill_point(point):
-    """SIGKILLs this process at `point` when `KERAS_M3AE_TEST_KILL` asks for it (tests only)."""
-    wanted = os.environ.get(KILL_ENV)
-    if not wanted:
-        return
-    name, _, times = wanted.rpartition(":")
-    if name != point:
-        return
-    _kill_counts[point] = _kill_counts.get(point, 0) + 1
-    if _kill_counts[point] == int(times):
-        logger.warning("%s=%s: killing this process now.", KILL_ENV, wanted)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Signals this process at `point` when `KERAS_M3AE_TEST_KILL`/`_TERM` ask for it (tests only)."""
+    for variable, signum in ((KILL_ENV, signal.SIGKILL), (TERM_ENV, signal.SIGTERM)):
+        wanted = os.environ.get(variable)
+        if not wanted:
+            continue
+        name, _, times = wanted.rpartition(":")
+        if name != point:
+            continue
+        key = (variable, point)
+        _kill_counts[key] = _kill_counts.get(key, 0) + 1
+        if _kill_counts[key] == int(times):
+            logger.warning("%s=%s: sending %s to this process now.", variable, wanted,
+                           signal.Signals(signum).name)
+            if signum == signal.SIGKILL:
+                logging.shutdown()
+            os.kill(os.getpid(), signum)
 
 
 def _siblings(path):
-    parent, name = os.path.split(os.path.abspath(path))
+    if not paths.is_local(path):
+        parent, name = os.path.split(str(path).rstrip("/"))
+        return paths.join(parent, f".{name}.tmp"), paths.join(parent, f".{name}.old")
+    parent, name = os.path.split(os.path.abspath(paths.local(path)))
     return os.path.join(parent, f".{name}.tmp"), os.path.join(parent, f".{name}.old")
+
+
+def _rename(source, target):
+    paths.move_tree(source, target)
 
 
 def recover_directory(path):
@@ -60,19 +77,20 @@ def recover_directory(path):
     between the two renames of a swap), and removed otherwise.
 
     Args:
-        path: str. The directory `atomic_directory` writes.
+        path: str. The directory `atomic_directory` writes (local or a URL).
 
     Returns:
         `path`.
     """
     temporary, backup = _siblings(path)
-    if os.path.isdir(temporary):
-        shutil.rmtree(temporary)
-    if os.path.isdir(backup):
-        if os.path.isdir(path):
-            shutil.rmtree(backup)
+    target = paths.local(path) if paths.is_local(path) else path
+    if paths.isdir(temporary):
+        paths.rmtree(temporary)
+    if paths.isdir(backup):
+        if paths.isdir(target):
+            paths.rmtree(backup)
         else:
-            os.rename(backup, path)
+            _rename(backup, target)
             logger.warning("Restored %s from its backup copy (a write was interrupted).", path)
     return path
 
@@ -82,13 +100,19 @@ def atomic_directory(path):
     """Yields a temporary directory that replaces `path` when the block succeeds.
 
     If the block raises (or the process dies), `path` keeps its previous
-    content. Local file systems only (renames are atomic there).
+    content. On a local file system the temporary directory lies beside
+    `path` and is swapped in by renames (atomic there). For a URL
+    (`gs://...`, any `tf.io.gfile` path) the block writes to a local
+    temporary directory, which is copied beside `path` and then swapped in
+    the same way; a store without atomic directory renames (GCS renames
+    object by object) has the complete copy under `path`, its temporary or
+    its backup name at every moment, and `recover_directory` sorts it out.
 
     Args:
         path: str. The destination directory.
 
     Yields:
-        str: the temporary directory to write into.
+        str: the (local) temporary directory to write into.
 
     Example:
     >>> with atomic_directory("out/preset") as tmp:
@@ -96,23 +120,36 @@ def atomic_directory(path):
     """
     recover_directory(path)
     temporary, backup = _siblings(path)
-    os.makedirs(temporary)
+    remote = not paths.is_local(path)
+    written = tempfile.mkdtemp(prefix="keras_m3ae_") if remote else temporary
+    if not remote:
+        os.makedirs(temporary)
     try:
-        yield temporary
+        yield written
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(written, ignore_errors=True)
         raise
-    name = os.path.basename(os.path.abspath(path))
+    name = os.path.basename(str(path).rstrip("/")) if remote else \
+        os.path.basename(os.path.abspath(paths.local(path)))
     kill_point(f"write:{name}")
-    _fsync_tree(temporary)
-    if os.path.isdir(path):
-        os.rename(path, backup)
-        kill_point(f"swap:{name}")
-        os.rename(temporary, path)
-        shutil.rmtree(backup)
+    if remote:
+        try:
+            paths.copy_tree(written, temporary)
+        finally:
+            shutil.rmtree(written, ignore_errors=True)
+        target = path
     else:
-        os.rename(temporary, path)
-    _fsync_path(os.path.dirname(os.path.abspath(path)))
+        _fsync_tree(temporary)
+        target = paths.local(path)
+    if paths.isdir(target):
+        _rename(target, backup)
+        kill_point(f"swap:{name}")
+        _rename(temporary, target)
+        paths.rmtree(backup)
+    else:
+        _rename(temporary, target)
+    if not remote:
+        _fsync_path(os.path.dirname(os.path.abspath(target)))
 
 
 def _fsync_path(path):
@@ -149,7 +186,8 @@ def save_preset_atomically(backbone, path):
 
     Args:
         backbone: a keras-hub `Backbone` (e.g. `M3AEBackbone`).
-        path: str. Preset directory (local).
+        path: str. Preset directory: local, or a URL such as `gs://bucket/run/preset`
+            (written locally first, then copied; see `atomic_directory`).
 
     Raises:
         ValueError: a weight is NaN or infinite; `path` is left as it was.

@@ -110,6 +110,47 @@ def to_numpy(variable):
     return keras.ops.convert_to_numpy(value)
 
 
+def any_host(flag):
+    """True on every host when `flag` is True on at least one (a collective on several hosts)."""
+    if process_count() == 1:
+        return bool(flag)
+    return bool(gather([int(bool(flag))]).any())
+
+
+_finite_jit = None
+
+
+def finite_flags(values):
+    """For each array of `values`, whether all its elements are finite (floats only).
+
+    On JAX the test runs where the arrays live, sharded ones included (a
+    collective for arrays spread over several hosts): no host gathers a
+    whole array, and one small boolean vector comes back. Non-float arrays
+    are reported finite.
+    """
+    jax = _jax()
+    floats = [i for i, v in enumerate(values) if "float" in str(v.dtype)]
+    flags = np.ones(len(values), bool)
+    if not floats:
+        return flags
+    if jax is not None:
+        global _finite_jit
+        if _finite_jit is None:
+            import jax.numpy as jnp
+
+            _finite_jit = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+        checked = _finite_jit([values[i] for i in floats])
+        if not checked.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            checked = multihost_utils.process_allgather(checked, tiled=True)
+        flags[floats] = np.asarray(checked)
+    else:
+        flags[floats] = [bool(np.all(np.isfinite(keras.ops.convert_to_numpy(values[i]))))
+                         for i in floats]
+    return flags
+
+
 def barrier(name):
     """Waits until every host got here (a no-op on one host)."""
     if process_count() > 1:

@@ -234,10 +234,12 @@ def main(argv=None):
                                steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
                                callbacks=callbacks, verbose="auto" if chief else 0)
     except keras_m3ae.training.NonFiniteLossError as error:
+        run_lock.release()
         raise SystemExit(f"error: {error}") from None
     except keras_m3ae.training.Preempted as preempted:
         # Every host saved at the same step; the same command resumes.
         print(f"{preempted} Exiting with status {training.PREEMPTED_EXIT_CODE}.", flush=True)
+        run_lock.release()
         raise SystemExit(training.PREEMPTED_EXIT_CODE) from None
     if chief:
         if not paths.isdir(preset_dir):

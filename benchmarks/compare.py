@@ -110,7 +110,7 @@ def tune(enabled):
         return "off (the library's defaults; --tune-cpu-host to call keras_m3ae.tune_cpu_host())"
     if not hasattr(keras_m3ae, "tune_cpu_host"):
         raise SystemExit("compare.py: this keras_m3ae has no tune_cpu_host()")
-    return f"on: keras_m3ae.tune_cpu_host() returned {keras_m3ae.tune_cpu_host()!r}"
+    return f"on: {keras_m3ae.tune_cpu_host(verbose=False)}"
 
 
 def versions():

@@ -1,10 +1,11 @@
-"""What `keras_m3ae/_xla_flags.py`'s XLA flag does to a JAX training step on CPU.
+"""What the XLA flag of `keras_m3ae.tune_cpu_host()` does to a JAX training step on CPU.
 
 One process compiles our whole M3AE train step (the Keras `train_step`,
 AdamW, donated state) twice: once as XLA:CPU compiles it by default, once
 without YNNPACK reductions, through a compiler option equivalent to the
-`--xla_cpu_experimental_ynn_fusion_type=-reduce` that `keras_m3ae` adds to
-`XLA_FLAGS` (here applied to one program only). The two run in alternating blocks of steps on the same
+`--xla_cpu_experimental_ynn_fusion_type=-reduce` that `tune_cpu_host()` adds
+to `XLA_FLAGS` (here applied to one program only; the script does not call
+`tune_cpu_host()`, and stops if `XLA_FLAGS` already sets the flag). The two run in alternating blocks of steps on the same
 state, so the ratio is measured in one run. It also prints how many of each
 program's instructions are YNNPACK fusions with a reduction, and times the
 operation behind the flag alone: the bias gradient of the text head, a sum
@@ -20,8 +21,6 @@ import statistics
 import sys
 import time
 
-# This script compares both settings itself; the package must not set the flag.
-os.environ["KERAS_M3AE_KEEP_XLA_FLAGS"] = "1"
 os.environ["KERAS_BACKEND"] = "jax"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (common, peers)
@@ -30,6 +29,8 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from keras_m3ae.host_tuning import XLA_FLAG  # noqa: E402
 
 # The compiler option takes the set of fusion types, not `XLA_FLAGS`' "-reduce":
 # this is the default set without reductions. On jaxlib 0.10.2 a test program
@@ -65,6 +66,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4, help="blocks per program")
     parser.add_argument("--block-steps", type=int, default=2)
     args = parser.parse_args(argv)
+    # This script compares both settings itself: "default" must be XLA's default.
+    if XLA_FLAG.split("=")[0] in os.environ.get("XLA_FLAGS", ""):
+        parser.error(f"XLA_FLAGS already sets {XLA_FLAG.split('=')[0]}: unset it, this script "
+                     f"compares XLA's default with {XLA_FLAG} itself")
 
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, XLA_FLAGS="
           f"{os.environ.get('XLA_FLAGS', '')!r}")

@@ -14,7 +14,8 @@ and keras-hub) as usual.
 """
 
 import importlib
-import sys
+
+from keras_m3ae import command_line
 
 __version__ = "0.1.0"
 
@@ -34,19 +35,6 @@ _SUBPACKAGES = (
 )
 
 
-def _finding_a_command_line():
-    """Whether Python is importing the package to run `python -m keras_m3ae[.name]`.
-
-    While `-m` looks for its module, `sys.argv[0]` is "-m" (Python's
-    documented behaviour); `sys.orig_argv` names the module.
-    """
-    argv = list(getattr(sys, "orig_argv", ()))
-    if sys.argv[:1] != ["-m"] or "-m" not in argv[:-1]:
-        return False
-    module = argv[argv.index("-m") + 1]
-    return module == __name__ or module.startswith(__name__ + ".")
-
-
 def __getattr__(name):
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
@@ -62,7 +50,7 @@ def __dir__():
     return sorted(set(globals()) | set(_NAMES) | set(_SUBPACKAGES))
 
 
-if not _finding_a_command_line():
+if not command_line.is_starting(__name__):
     for _name in (*_SUBPACKAGES, *_NAMES):
         __getattr__(_name)
     del _name

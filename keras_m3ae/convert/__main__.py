@@ -54,10 +54,10 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    from keras_m3ae.convert import CheckpointError
-    from keras_m3ae.convert import load_checkpoint
-    from keras_m3ae.convert import load_classifier
-    from keras_m3ae.convert import save_preset
+    from keras_m3ae.convert.api import CheckpointError
+    from keras_m3ae.convert.api import load_checkpoint
+    from keras_m3ae.convert.api import load_classifier
+    from keras_m3ae.convert.api import save_preset
 
     try:
         if args.classifier:

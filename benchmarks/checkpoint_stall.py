@@ -61,7 +61,7 @@ def build(size, seed=0):
     pretrainer = keras_m3ae.M3AEPretrainer(backbone, decoder_hidden_dim=width,
                                            decoder_num_layers=depth, decoder_num_heads=heads,
                                            seed=seed)
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05))
+    pretrainer.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4, weight_decay=0.05))
     return pretrainer
 
 

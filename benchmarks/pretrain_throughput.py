@@ -28,6 +28,7 @@ def worker(args):
     sys.path.insert(0, HERE)
     import common
     import keras
+    import keras_m3ae
     import numpy as np
 
     if args.threads:
@@ -44,7 +45,7 @@ def worker(args):
             common.reset_peak_memory()
             pretrainer = common.build(size, text=not args.mae, image_mask_ratio=ratio,
                                       dtype=args.dtype, decoder_layers=args.decoder_layers)
-            pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-4))
+            pretrainer.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4))
             data = common.batch(pretrainer, args.batch)
             median, best, _ = common.time_calls(
                 lambda: pretrainer.train_on_batch(data), args.steps, warmup=args.warmup

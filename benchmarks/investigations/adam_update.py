@@ -32,24 +32,27 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (com
 
 import common  # noqa: E402
 import keras  # noqa: E402
+import keras_m3ae  # noqa: E402
 import torch  # noqa: E402
 
 from keras_m3ae.optimizers import torch_adam  # noqa: E402
 
 
 def keras_update(model, path):
-    """One `optimizer.apply` of a compiled copy's AdamW, as the pretrainer sets it up."""
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    """One `optimizer.apply` of a compiled copy's AdamW.
+
+    `path`: "keras" (Keras's own step: the library's `AdamW(fast_update=False)`),
+    "fused" (the library's step through PyTorch's fused kernel) or "loop" (its
+    in-place loop, the fallback for devices without the kernel).
+    """
+    model.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4, fast_update=path != "keras"))
     optimizer, variables = model.optimizer, model.trainable_variables
-    if path == "keras":  # undo `use_inplace_update`
-        for method in ("_parallel_update_step", "_apply_weight_decay"):
-            optimizer.__dict__.pop(method, None)
     optimizer.build(variables)
     grads = [torch.randn_like(v.value) * 1e-3 for v in variables]
-    devices = torch_adam._FUSED_DEVICES if path == "fused" else ()
+    devices = torch_adam.FUSED_DEVICES if path == "fused" else ()
 
     def run():
-        torch_adam._FUSED_DEVICES = devices
+        torch_adam.FUSED_DEVICES = devices
         with torch.no_grad():
             optimizer.apply(grads, variables)
 

@@ -80,12 +80,13 @@ def worker(args):
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
     import common
     import keras
+    import keras_m3ae
     import numpy as np
 
     if args.threads:
         common.set_threads(args.threads)
     pretrainer = common.build(args.size, text=not args.mae)
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    pretrainer.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4))
     data = common.batch(pretrainer, args.batch)
     timings = {}
     step, step_best, _ = common.time_calls(

@@ -62,7 +62,7 @@ def worker(args):
     import keras
 
     model = common.build(args.size)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    model.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4))
     data = common.batch(model, args.batch)
     for _ in range(args.warmup):
         model.train_on_batch(data)

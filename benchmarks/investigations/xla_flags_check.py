@@ -28,6 +28,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this folder and benchmarks/ (com
 import common  # noqa: E402
 import jax  # noqa: E402
 import keras  # noqa: E402
+import keras_m3ae  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_m3ae.host_tuning import XLA_FLAG  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv=None):
               f"median {median * 1e3:.1f} ms")
 
     model = common.build(args.size)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    model.compile(optimizer=keras_m3ae.optimizers.AdamW(1e-4))
     data = common.batch(model, args.batch)
     model.train_on_batch(data)  # builds the optimizer
     arrays = jax.tree.map(jax.numpy.asarray, data)

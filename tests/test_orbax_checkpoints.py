@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import Crash
-from conftest import tiny_backbone
 from conftest import tiny_pretrainer
 from test_resume import every_variable
 from test_resume import train
+from test_resume import uninterrupted_run
 from test_resume import write_shards
 
 import keras_m3ae
@@ -105,14 +105,7 @@ def test_a_run_on_ram_urls_writes_everything_there_and_resumes_from_there(tmp_pa
     # through a local staging copy there (only local paths and gs:// are
     # native to it); presets, logs, TensorBoard and pictures go to ram://.
     pattern = write_shards(str(tmp_path / "data"))
-    pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    pretrainer.optimizer.build(pretrainer.trainable_variables)
-    start = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
-    train(pattern, str(tmp_path / "reference"), pretrainer)
-    reference = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
-    for variable, value in zip(every_variable(pretrainer), start):
-        variable.assign(value)
+    pretrainer, reference = uninterrupted_run(pattern, str(tmp_path / "reference"))
 
     out = f"ram://{tmp_path.name}/run"
     batch = {"images": np.zeros((2, 16, 16, 3), "float32"),

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 from conftest import tiny_backbone
-from conftest import tiny_pretrainer
 from test_resume import every_variable
 from test_resume import run_pretrain
 from test_resume import train
+from test_resume import uninterrupted_run
 from test_resume import write_shards
 
 from keras_m3ae.training import PREEMPTED_EXIT_CODE
@@ -37,14 +37,7 @@ class AtStep(keras.callbacks.Callback):
 
 def test_sigterm_and_the_programmatic_trigger_save_at_that_step_and_resume_exactly(tmp_path):
     pattern = write_shards(str(tmp_path / "data"))
-    pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
-    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    pretrainer.optimizer.build(pretrainer.trainable_variables)
-    start = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
-    train(pattern, str(tmp_path / "reference"), pretrainer)
-    reference = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
-    for variable, value in zip(every_variable(pretrainer), start):
-        variable.assign(value)
+    pretrainer, reference = uninterrupted_run(pattern, str(tmp_path / "reference"))
 
     out = str(tmp_path / "run")
     checkpoints = os.path.join(out, "checkpoint")

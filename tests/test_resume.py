@@ -104,18 +104,30 @@ def every_variable(model):
     return model.variables + model.optimizer.variables + model.metrics_variables
 
 
-def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
-    pattern = write_shards(str(tmp_path / "data"))
-    # One model for all runs (one compilation): its whole state is put back
-    # to the start between the uninterrupted run and the crashed one.
+def uninterrupted_run(pattern, out):
+    """A tiny pretrainer trained without interruption into `out`, then put back to its start.
+
+    One model serves every run of a test (one compilation): its whole state
+    is restored between the uninterrupted run and the interrupted one.
+
+    Returns:
+        `(pretrainer, reference)`: the model at its start, and every variable's
+        value (`every_variable`) after the uninterrupted run.
+    """
     pretrainer = tiny_pretrainer(tiny_backbone(vocabulary_size=30522))
     pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
     pretrainer.optimizer.build(pretrainer.trainable_variables)
     start = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
-    train(pattern, str(tmp_path / "reference"), pretrainer)
+    train(pattern, out, pretrainer)
     reference = [keras.ops.convert_to_numpy(v) for v in every_variable(pretrainer)]
     for variable, value in zip(every_variable(pretrainer), start):
         variable.assign(value)
+    return pretrainer, reference
+
+
+def test_fit_resumable_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+    pattern = write_shards(str(tmp_path / "data"))
+    pretrainer, reference = uninterrupted_run(pattern, str(tmp_path / "reference"))
 
     # Crashes during step 4 (epoch 2, batch 1): the last checkpoint is the
     # one of step 2, mid-epoch, and step 3 is in the log but not saved; the

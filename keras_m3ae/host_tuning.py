@@ -199,7 +199,10 @@ def tune_cpu_host(xla_flag=True, malloc=True, verbose=True):
       RSS) and 1.06-1.15x faster on torch. `M_ARENA_MAX` binds only
       threads that have not allocated yet: call this before any JAX or
       torch computation. The same settings can be given to any process
-      from its start with `GLIBC_TUNABLES=` `MALLOC_TUNABLES`.
+      from its start with `GLIBC_TUNABLES=` `MALLOC_TUNABLES`. On a loaded 2-core host a tiny
+      MAE step on JAX ran ~3x slower with them (likely the one heap's lock
+      held by a descheduled thread; `benchmarks/RESULTS.md`, section 11):
+      small steps on an oversubscribed host may lose.
 
     The costs: the process keeps its high-water mark of host memory
     instead of returning freed memory to the system, and XLA compiles

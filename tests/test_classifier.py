@@ -99,6 +99,40 @@ def test_frozen_weights_do_not_move_during_fit(backbone_preset, blocks):
         assert not np.allclose(keras.ops.convert_to_numpy(clf.head_norm.moving_mean), 0)
 
 
+def test_fit_on_arrays_reshuffles_every_epoch_without_warnings(backbone_preset):
+    # keras-hub's `Task.fit` batches arrays in order and Keras then ignores
+    # `shuffle=True` (with a warning): every epoch saw the same batches.
+    import warnings
+
+    x, y = _images(12), np.arange(12) % 3
+
+    def trained(**fit_kwargs):
+        keras.utils.set_random_seed(3)
+        clf = M3AEImageClassifier.from_preset(backbone_preset, num_classes=3,
+                                              fine_tune_blocks=1)
+        clf.compile(base_learning_rate=1e-2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = clf.fit(x, y, batch_size=4, epochs=2, verbose=0, **fit_kwargs)
+        assert not [w for w in caught if "shuffle" in str(w.message)]
+        return clf, history
+
+    shuffled, _ = trained()
+    again, _ = trained()
+    in_order, _ = trained(shuffle=False)
+    weights = [keras.ops.convert_to_numpy(v) for v in shuffled.trainable_weights]
+    for a, b in zip(weights, again.trainable_weights):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))  # seeded
+    assert any(not np.allclose(a, keras.ops.convert_to_numpy(b))
+               for a, b in zip(weights, in_order.trainable_weights))
+    # `validation_split` holds out the last samples, before shuffling.
+    clf, history = trained(validation_split=0.25)
+    held_out = clf.evaluate(x[9:], y[9:], verbose=0, return_dict=True)
+    np.testing.assert_allclose(history.history["val_loss"][-1], held_out["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="empty training or validation set"):
+        clf.fit(x, y, validation_split=0.95, verbose=0)
+
+
 def test_full_fine_tuning_fit_learns(backbone_preset):
     keras.utils.set_random_seed(1)
     clf = M3AEImageClassifier.from_preset(backbone_preset, num_classes=2, drop_path_rate=0.1)

@@ -245,3 +245,31 @@ def test_default_classification_data_is_labelled_consistently():
         assert set(name_ids[0][name_mask[0]]) <= set(ids[mask])
     again = default_classification_data(num_examples=64, image_size=32, max_text_length=16, seed=1)
     np.testing.assert_array_equal(again["images"], data["images"])
+
+
+@pytest.mark.backend_independent
+def test_array_dataset_draws_a_new_order_every_epoch_and_keeps_rows_together():
+    from keras_m3ae.finetune import array_dataset
+
+    tf.random.set_seed(0)
+    x = {"images": np.arange(10, dtype="float32")[:, None] * np.ones((1, 3), "float32")}
+    ds = array_dataset(x, np.arange(10) * 10, np.arange(10) / 10, batch_size=4)
+
+    def epoch():
+        rows = [(b[0]["images"].numpy(), b[1].numpy(), b[2].numpy()) for b in ds]
+        assert [len(r[1]) for r in rows] == [4, 4, 2]
+        images, labels, weights = (np.concatenate(part) for part in zip(*rows))
+        np.testing.assert_array_equal(images[:, 0], labels / 10)  # rows stay together
+        np.testing.assert_allclose(weights, labels / 100)
+        assert sorted(labels.tolist()) == list(range(0, 100, 10))  # each row once
+        return labels.tolist()
+
+    first, second = epoch(), epoch()
+    assert first != second and first != sorted(first)
+    tf.random.set_seed(0)
+    again = array_dataset(x, np.arange(10) * 10, np.arange(10) / 10, batch_size=4)
+    assert [b[1].numpy().tolist() for b in again] == [first[:4], first[4:8], first[8:]]
+    in_order = array_dataset(np.arange(5), batch_size=2, shuffle=False)
+    assert [b.numpy().tolist() for b in in_order] == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match=r"same number of samples; got \[3, 4\]"):
+        array_dataset(np.zeros(4), np.zeros(3))

@@ -14,6 +14,7 @@ from keras_m3ae.finetune.augment import FineTuneAugmentation
 from keras_m3ae.finetune.augment import center_crop
 from keras_m3ae.finetune.augment import mix_batch
 from keras_m3ae.finetune.augment import random_resized_crop
+from keras_m3ae.finetune.datasets import array_dataset
 from keras_m3ae.finetune.datasets import dataset_to_numpy
 from keras_m3ae.finetune.datasets import default_classification_data
 from keras_m3ae.finetune.datasets import tfds_classification_dataset

@@ -5,7 +5,8 @@
 `data_dir` (no download unless asked) into batches of raw images in
 [0, 255] at the model's size and integer labels; the classifier's
 preprocessor normalises them. `default_classification_data` gives a small
-labelled image-caption dataset that needs nothing on disk.
+labelled image-caption dataset that needs nothing on disk, and
+`array_dataset` batches in-memory arrays in a new order every epoch.
 """
 
 import tempfile
@@ -108,6 +109,59 @@ def tfds_classification_dataset(
     else:
         ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True):
+    """Batches of in-memory arrays, in a new order every epoch.
+
+    What `M3AEImageClassifier.fit` trains on when given arrays (keras-hub's
+    `Task.fit` would batch them in their given order for every epoch). The
+    data stays one tensor and each batch gathers its rows by index, so a
+    new order costs a permutation of indices, not a shuffle buffer holding
+    a copy of the data. The order follows TensorFlow's global seed
+    (`keras.utils.set_random_seed`).
+
+    Args:
+        x: array, or dict / list / tuple of arrays, with the samples on
+            axis 0.
+        y: optional labels, same length.
+        sample_weight: optional per-sample weights, same length.
+        batch_size: int. The last batch may be smaller.
+        shuffle: bool. Reshuffle every epoch (True) or keep the order.
+
+    Returns:
+        A `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, sample_weight)`
+        batches.
+
+    Example:
+    >>> ds = array_dataset(np.arange(6), np.arange(6) % 2, batch_size=4)
+    >>> [len(x) for x, y in ds]
+    [4, 2]
+    """
+    import keras
+
+    data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+    data = keras.tree.map_structure(
+        lambda leaf: leaf if isinstance(leaf, tf.Tensor)
+        else tf.convert_to_tensor(keras.ops.convert_to_numpy(leaf)),
+        data,
+    )
+    lengths = {int(leaf.shape[0]) for leaf in keras.tree.flatten(data)}
+    if len(lengths) != 1:
+        raise ValueError(f"All arrays must have the same number of samples; got {sorted(lengths)}.")
+    (count,) = lengths
+    indices = tf.data.Dataset.range(count)
+    if shuffle:
+        indices = indices.shuffle(count, reshuffle_each_iteration=True)
+    # The arrays enter as one dataset element, not as constants of the map
+    # function (which would be limited to 2 GB).
+    everything = tf.data.Dataset.from_tensors(data).repeat()
+    batches = tf.data.Dataset.zip((indices.batch(batch_size), everything)).map(
+        lambda ids, arrays: keras.tree.map_structure(lambda leaf: tf.gather(leaf, ids), arrays),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def dataset_to_numpy(dataset, max_batches=None):

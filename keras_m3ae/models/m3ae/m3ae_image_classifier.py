@@ -93,6 +93,33 @@ def _pooled_features(backbone, images, pooling, final_norm, training=None):
     return ops.mean(x[:, 1:], axis=1)
 
 
+def _is_array_like(x):
+    """Arrays or tensors, or a dict / list / tuple of them (not a dataset)."""
+    if hasattr(x, "element_spec"):
+        return False
+    leaves = keras.tree.flatten(x)
+    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+                                for leaf in leaves)
+
+
+def _split_off_last(arrays, validation_split):
+    """`(train, validation)`: the last `validation_split` of every array, as Keras splits."""
+    if not 0 < validation_split < 1:
+        raise ValueError(f"`validation_split` must be in (0, 1); got {validation_split}.")
+    count = int(next(a for a in keras.tree.flatten(arrays) if a is not None).shape[0])
+    split_at = int(count * (1 - validation_split))
+    if split_at in (0, count):
+        raise ValueError(f"`validation_split={validation_split}` of {count} samples leaves "
+                         "an empty training or validation set.")
+
+    def part(start, end):
+        return keras.tree.map_structure(
+            lambda leaf: None if leaf is None else leaf[start:end], arrays
+        )
+
+    return part(0, split_at), part(split_at, count)
+
+
 @keras.saving.register_keras_serializable(package="keras_m3ae")
 class M3AEImageClassifier(ImageClassifier):
     """An image classifier on a pretrained M3AE / MAE encoder.
@@ -323,6 +350,33 @@ class M3AEImageClassifier(ImageClassifier):
         if metrics == "auto":
             metrics = [ClassificationAccuracy()]
         Task.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_split=None,
+            validation_data=None, shuffle=True, **kwargs):
+        """`keras.Model.fit`; arrays are drawn in a new order every epoch.
+
+        keras-hub's `Task.fit` batches arrays in their given order, after
+        which Keras ignores `shuffle`. Here arrays (and dicts / tuples of
+        them) go through a `tf.data` pipeline that reshuffles each epoch
+        when `shuffle` is true (the Keras default), in an order that
+        follows the global seed (`keras.utils.set_random_seed`).
+        `validation_split` takes the last fraction before shuffling, as
+        Keras does. A `tf.data.Dataset` or other iterable is used as given:
+        shuffle it yourself.
+        """
+        if x is not None and _is_array_like(x):
+            if validation_split and validation_data is None:
+                (x, y, sample_weight), validation_data = _split_off_last(
+                    (x, y, sample_weight), validation_split
+                )
+            from keras_m3ae.finetune.datasets import array_dataset
+
+            x = array_dataset(x, y, sample_weight, batch_size=batch_size or 32, shuffle=shuffle)
+            y = sample_weight = batch_size = validation_split = None
+        # Datasets keep their own order (Keras would only warn about `shuffle`).
+        return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                           validation_split=validation_split,
+                           validation_data=validation_data, shuffle=False, **kwargs)
 
     def save_task_weights(self, filepath):
         # Head only, as keras-hub's, and without optimizer state: that is

@@ -739,11 +739,14 @@ def paired_test(results, low=0.0, high=0.1):
         differences = [b[s] - a[s] for s in seeds]
         entry = {"seeds": seeds, "differences": differences}
         if len(seeds) >= 2:
-            t, p = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds],
-                                   alternative="greater")
-            entry.update(mean=float(np.mean(differences)),
-                         std=float(np.std(differences, ddof=1)), t=float(t),
-                         p_one_sided=float(p), improved=int(np.sum(np.array(differences) > 0)))
+            std = float(np.std(differences, ddof=1))
+            t = p = None
+            if std > 1e-9:  # identical differences: no t statistic
+                t, p = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds],
+                                       alternative="greater")
+                t, p = float(t), float(p)
+            entry.update(mean=float(np.mean(differences)), std=std, t=t, p_one_sided=p,
+                         improved=int(np.sum(np.array(differences) > 0)))
         test[pooling] = entry
     return test
 
@@ -764,9 +767,10 @@ def table(summary):
                          f"{np.std(values):6.3f}  {per_seed}")
     for pooling, entry in summary.get("paired_fraction_test", {}).items():
         if "t" in entry:
+            test = ("no spread, no t" if entry["t"] is None else
+                    f"t {entry['t']:.2f}, one-sided p {entry['p_one_sided']:.3f}")
             lines.append(f"paired 0.1 - 0.0 ({pooling} probe, {len(entry['seeds'])} seeds): "
-                         f"{entry['mean']:+.4f} +- {entry['std']:.4f}, t {entry['t']:.2f}, "
-                         f"one-sided p {entry['p_one_sided']:.3f}, "
+                         f"{entry['mean']:+.4f} +- {entry['std']:.4f}, {test}, "
                          f"{entry['improved']}/{len(entry['seeds'])} seeds improve")
     lines.append(f"chance: {summary['chance']:.3f}")
     return "\n".join(lines)

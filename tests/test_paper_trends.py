@@ -87,12 +87,17 @@ def test_quick_gives_the_paired_claim_more_seeds_and_a_paired_test():
         # 10 % paired is 0.02 better than none on every seed, whose own
         # level varies by 0.1: the paired test sees it, the spread hides it.
         level = 0.4 + 0.1 * np.sin(c["seed"]) + (0.02 if c["paired_fraction"] == 0.1 else 0)
-        results.append(dict(c, accuracy=level, accuracy_mean_pool=level + rng.normal(0, 0.01)))
+        results.append(dict(c, accuracy=level + rng.normal(0, 0.001),
+                            accuracy_mean_pool=level + rng.normal(0, 0.01)))
     test = paper_trends.paired_test(results)
-    assert test["token"]["mean"] == pytest.approx(0.02)
+    assert test["token"]["mean"] == pytest.approx(0.02, abs=0.002)
     assert test["token"]["improved"] == 8 and test["token"]["p_one_sided"] < 1e-6
     assert 0 < test["mean"]["p_one_sided"] < 0.05
     assert paper_trends.parse_args(["--seeds", "4"]).paired_seeds == 4
+    # Identical differences have no spread: no t statistic, not a false p.
+    same = [dict(r, accuracy=0.5 + (0.02 if r["paired_fraction"] == 0.1 else 0))
+            for r in results]
+    assert paper_trends.paired_test(same)["token"]["p_one_sided"] is None
 
 
 @pytest.mark.slow

@@ -11,10 +11,14 @@ betas (0.9, 0.999), layer decay 0.75, warmup 5 epochs + cosine, drop path
 
 With no `--preset` it fine-tunes the demo's encoder (`m3ae_demo_output/preset`,
 written by `python -m keras_m3ae`; pretrained here first if it is not there).
+The same recipe then trains a randomly initialised encoder of the same
+architecture (the baseline; `--skip_baseline` leaves it out, e.g. on
+ImageNet), and both accuracies are printed.
 """
 
 import time
 
+import keras
 import numpy as np
 
 import keras_m3ae
@@ -31,6 +35,8 @@ def main():
     p.add_argument("--recipe", default="standard", choices=["standard", "efficient"],
                    help="layer decay 0.75 (standard) or 0.82 (efficient; docs/recipes.md) "
                         "unless --layer_decay is given")
+    p.add_argument("--skip_baseline", action="store_true",
+                   help="do not also fine-tune a randomly initialised encoder")
     args = p.parse_args()
     tune_host()
     if args.layer_decay is None:
@@ -53,9 +59,26 @@ def main():
             args.dataset, args.data_dir, image_size, args.batch_size,
             augment=FineTuneAugmentation(num_classes, seed=args.seed),
         )
+    mode = "full" if args.fine_tune_blocks is None else f"last {args.fine_tune_blocks} blocks"
+    runs = [("pretrained", True)] + ([] if args.skip_baseline else [("random init", False)])
+    results = {}
+    for name, load_weights in runs:
+        step = time.time()
+        print(f"fine-tuning ({mode}) the {name} encoder ({args.epochs} epochs)...", flush=True)
+        results[name] = fine_tune(preset, train, test, num_classes, image_size, args,
+                                  load_weights)
+        print(f"  {name}: {results[name]:.4f} ({time.time() - step:.0f} s)", flush=True)
+    baseline = ("" if args.skip_baseline else f"  random init {results['random init']:.4f}")
+    print(f"fine-tuning ({mode}) accuracy: pretrained {results['pretrained']:.4f}{baseline}  "
+          f"(chance {1 / num_classes:.4f}; {time.time() - start:.0f} s)")
+
+
+def fine_tune(preset, train, test, num_classes, image_size, args, load_weights=True):
+    """Fine-tunes one classifier on the preset's encoder (or a random one); test top-1."""
+    keras.utils.set_random_seed(args.seed)
     clf = M3AEImageClassifier.from_preset(
         preset, num_classes=num_classes, fine_tune_blocks=args.fine_tune_blocks,
-        drop_path_rate=args.drop_path_rate, image_size=image_size,
+        drop_path_rate=args.drop_path_rate, image_size=image_size, load_weights=load_weights,
     )
     if isinstance(train, tuple):
         steps = int(np.ceil(len(train[1]) / args.batch_size))
@@ -63,17 +86,13 @@ def main():
                     layer_decay=args.layer_decay, base_learning_rate=args.base_lr)
         clf.fit(*train, batch_size=args.batch_size, epochs=args.epochs,
                 validation_data=test, verbose=2)
-        acc = accuracy(clf, *test)
-    else:
-        clf.compile(batch_size=args.batch_size, epochs=args.epochs,
-                    steps_per_epoch=int(train.cardinality()),
-                    layer_decay=args.layer_decay, base_learning_rate=args.base_lr)
-        clf.fit(train, validation_data=test, epochs=args.epochs, verbose=2,
-                shuffle=False)  # the tf.data pipeline shuffles
-        acc = accuracy(clf, test)
-    mode = "full" if args.fine_tune_blocks is None else f"last {args.fine_tune_blocks} blocks"
-    print(f"fine-tuning ({mode}) accuracy: {acc:.4f} ({time.time() - start:.0f} s)")
-
+        return accuracy(clf, *test)
+    clf.compile(batch_size=args.batch_size, epochs=args.epochs,
+                steps_per_epoch=int(train.cardinality()),
+                layer_decay=args.layer_decay, base_learning_rate=args.base_lr)
+    clf.fit(train, validation_data=test, epochs=args.epochs, verbose=2,
+            shuffle=False)  # the tf.data pipeline shuffles
+    return accuracy(clf, test)
 
 if __name__ == "__main__":
     main()

@@ -220,8 +220,11 @@ def main(argv=None):
             training.SkipCountLogger(dataset.skip_counter, every_steps=args.log_every_steps),
             keras.callbacks.CSVLogger(os.path.join(args.output_dir, "log.csv"), append=True),
             training.TensorBoardScalars(tensorboard_dir, every_steps=args.log_every_steps),
-            training.SavePreset(backbone, preset_dir),
         ]
+    # On every host: weights sharded over the hosts are read with all of
+    # them; process 0 alone writes.
+    callbacks.append(training.SavePreset(backbone, preset_dir))
+    if chief:
         callbacks.append(training.RunSummary(
             batch_size=args.batch_size, counters=[dataset.skip_counter], print_fn=print,
             outputs={"preset": preset_dir, "checkpoint": checkpoint.directory,
@@ -241,10 +244,11 @@ def main(argv=None):
         print(f"{preempted} Exiting with status {training.PREEMPTED_EXIT_CODE}.", flush=True)
         run_lock.release()
         raise SystemExit(training.PREEMPTED_EXIT_CODE) from None
+    # A rerun of a finished run, or one that never ended an epoch here: the
+    # hosts agree (a collective), since all of them take part in the save.
+    if hosts.any_host(chief and not paths.isdir(preset_dir)):
+        training.save_preset_atomically(backbone, preset_dir)
     if chief:
-        if not paths.isdir(preset_dir):
-            # A rerun of a finished run, or one that never ended an epoch here.
-            training.save_preset_atomically(backbone, preset_dir)
         print(f"Encoder preset: {preset_dir}.")
     run_lock.release()
 

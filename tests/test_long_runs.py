@@ -73,6 +73,36 @@ def test_a_preset_with_non_finite_weights_is_never_written(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(good, again))
 
 
+def test_on_several_hosts_every_host_reads_the_weights_and_the_chief_saves_a_copy(
+        tmp_path, monkeypatch):
+    # Two hosts in one process: `to_numpy` stands for the collective that
+    # reads weights sharded over the hosts (the two-process run is
+    # tests/test_multihost.py, slow). The preset is written from a copy of
+    # the backbone holding what every host read, by the chief alone.
+    from keras_m3ae.training import hosts
+
+    backbone = tiny_backbone()
+    reads = []
+    monkeypatch.setattr(hosts, "process_count", lambda: 2)
+    monkeypatch.setattr(hosts, "to_numpy",
+                        lambda v: reads.append(v.path) or np.asarray(v.numpy() + 1.0))
+    path = str(tmp_path / "preset")
+    save_preset_atomically(backbone, path, chief=False)
+    assert reads == [v.path for v in backbone.weights] and not os.path.exists(path)
+    save_preset_atomically(backbone, path, chief=True)
+    saved = keras_m3ae.M3AEBackbone.from_preset(path).get_weights()
+    for a, b in zip(saved, backbone.get_weights()):
+        np.testing.assert_array_equal(a, b + 1.0)  # what was read, not the local values
+    # Non-finite values raise on every host, the chief's preset stays.
+    variable = backbone.encoder.blocks[0].weights[0]
+    variable.assign(np.full(variable.shape, np.nan, "float32"))
+    for chief in (False, True):
+        with pytest.raises(ValueError, match="not finite.*last good preset"):
+            save_preset_atomically(backbone, path, chief=chief)
+    again = keras_m3ae.M3AEBackbone.from_preset(path).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, again))
+
+
 def test_guard_stops_at_the_first_non_finite_loss_before_the_preset_is_saved(tmp_path):
     pretrainer = tiny_pretrainer()
     pretrainer.compile(optimizer="adam")

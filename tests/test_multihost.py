@@ -207,40 +207,33 @@ def run_pretrain_hosts(data_pattern, out, log_dir, kill=None, extra=(), term=Non
     return [p.returncode for p in procs]
 
 
-@pytest.mark.slow
-@pytest.mark.multidevice
-@jax_only
-def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+def two_host_run_setup(tmp_path, save_every_steps, snapshot_every_steps, distribution=None):
+    """Data, a tiny preset and `examples/pretrain.py`'s arguments for two hosts.
+
+    4 files, 24 records: 3 global steps of 8 per epoch, 2 epochs; each host
+    reads its 2 files, 4 records per step.
+    """
+    import keras_m3ae
+
     data_dir = tmp_path / "data"
     mh.write_data(str(data_dir))
     preset = str(tmp_path / "tiny")
-    import keras_m3ae
-
     # The command tokenizes with bert-base-uncased: its vocabulary size.
     keras_m3ae.M3AEBackbone(image_size=mh.IMAGE_SIZE, patch_size=4, vocabulary_size=30522,
                             max_text_length=mh.TEXT, hidden_dim=32, num_layers=1,
                             num_heads=4).save_to_preset(preset)
-    # 4 files, 24 records: 3 global steps of 8 per epoch, 2 epochs; each
-    # host reads its 2 files, 4 records per step.
     args = ["--preset", preset, "--num_examples", "24", "--batch_size", "8", "--epochs", "2",
             "--decoder_hidden_dim", "16", "--decoder_num_layers", "1",
-            "--decoder_num_heads", "2", "--warmup_epochs", "0.5", "--save_every_steps", "2",
-            "--base_learning_rate", "0.5", "--snapshot_every_steps", "3"]
-    reference = str(tmp_path / "reference")
-    logs = str(tmp_path)
-    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), reference, logs, extra=args)
-    assert codes == [0, 0], (codes, open(tmp_path / "pretrain0.log").read()[-3000:])
-    out = str(tmp_path / "run")
-    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), out, logs, kill="step:4", extra=args)
-    assert -9 in codes, codes
-    manifest = read_checkpoint_metadata(os.path.join(out, "checkpoint"))
-    # Saved after step 2, with both hosts' positions: 8 of each host's
-    # records (no record is broken here).
-    assert manifest["step"] == 2
-    assert manifest["positions"] == [[{"raw_records": 8, "examples": 8}]] * 2
-    codes = run_pretrain_hosts(str(data_dir / "*.tfrecord"), out, logs, extra=args)
-    assert codes == [0, 0], (codes, open(tmp_path / "pretrain1.log").read()[-3000:])
+            "--decoder_num_heads", "2", "--warmup_epochs", "0.5",
+            "--save_every_steps", str(save_every_steps), "--base_learning_rate", "0.5",
+            "--snapshot_every_steps", str(snapshot_every_steps)]
+    if distribution:
+        args += ["--distribution", distribution]
+    return str(data_dir / "*.tfrecord"), args
 
+
+def assert_same_run(reference, out):
+    """The two runs' final checkpoints and per-step logs are identical."""
     a = read_checkpoint_arrays(os.path.join(reference, "checkpoint"))
     b = read_checkpoint_arrays(os.path.join(out, "checkpoint"))
     assert sorted(a) == sorted(b)
@@ -248,6 +241,30 @@ def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_ru
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     log = open(os.path.join(out, "steps.jsonl")).read()
     assert log == open(os.path.join(reference, "steps.jsonl")).read()
+    return a, log
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+@jax_only
+def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+    pattern, args = two_host_run_setup(tmp_path, save_every_steps=2, snapshot_every_steps=3)
+    reference = str(tmp_path / "reference")
+    logs = str(tmp_path)
+    codes = run_pretrain_hosts(pattern, reference, logs, extra=args)
+    assert codes == [0, 0], (codes, open(tmp_path / "pretrain0.log").read()[-3000:])
+    out = str(tmp_path / "run")
+    codes = run_pretrain_hosts(pattern, out, logs, kill="step:4", extra=args)
+    assert -9 in codes, codes
+    manifest = read_checkpoint_metadata(os.path.join(out, "checkpoint"))
+    # Saved after step 2, with both hosts' positions: 8 of each host's
+    # records (no record is broken here).
+    assert manifest["step"] == 2
+    assert manifest["positions"] == [[{"raw_records": 8, "examples": 8}]] * 2
+    codes = run_pretrain_hosts(pattern, out, logs, extra=args)
+    assert codes == [0, 0], (codes, open(tmp_path / "pretrain1.log").read()[-3000:])
+
+    _, log = assert_same_run(reference, out)
     assert len(log.splitlines()) == 6
     # Only process 0 wrote: one log, one preset, no per-host leftovers.
     assert sorted(os.listdir(out)) == ["checkpoint", "log.csv", "preset", "steps.jsonl",
@@ -270,23 +287,13 @@ def test_two_host_pretraining_killed_and_rerun_finishes_like_an_uninterrupted_ru
 @pytest.mark.multidevice
 @jax_only
 def test_two_hosts_save_at_the_same_step_on_sigterm_to_one_and_resume_exactly(tmp_path):
-    data_dir = tmp_path / "data"
-    mh.write_data(str(data_dir))
-    preset = str(tmp_path / "tiny")
-    import keras_m3ae
-
-    keras_m3ae.M3AEBackbone(image_size=mh.IMAGE_SIZE, patch_size=4, vocabulary_size=30522,
-                            max_text_length=mh.TEXT, hidden_dim=32, num_layers=1,
-                            num_heads=4).save_to_preset(preset)
-    # DataParallel over both hosts (`--multi_host`'s default). Under
-    # `--distribution model` the kernels are split over the hosts, and the
-    # encoder preset written by process 0 alone cannot read them (see
-    # docs/long_runs.md, Limits). 6 steps; periodic saves every 4.
-    args = ["--preset", preset, "--num_examples", "24", "--batch_size", "8", "--epochs", "2",
-            "--decoder_hidden_dim", "16", "--decoder_num_layers", "1",
-            "--decoder_num_heads", "2", "--warmup_epochs", "0.5", "--save_every_steps", "4",
-            "--base_learning_rate", "0.5", "--snapshot_every_steps", "0"]
-    pattern = str(data_dir / "*.tfrecord")
+    # `--distribution model`: a (2, 2) mesh ("batch", "model") over both
+    # hosts' devices, kernels split over the hosts, so no host holds the
+    # whole model: each writes its own shards of the checkpoint, and the
+    # preset and the pictures read the weights with every host. 6 steps;
+    # periodic saves every 4, pictures every 3.
+    pattern, args = two_host_run_setup(tmp_path, save_every_steps=4, snapshot_every_steps=3,
+                                       distribution="model")
     reference = str(tmp_path / "reference")
     codes = run_pretrain_hosts(pattern, reference, str(tmp_path), extra=args)
     assert codes == [0, 0], (codes, open(tmp_path / "pretrain0.log").read()[-3000:])
@@ -304,10 +311,21 @@ def test_two_hosts_save_at_the_same_step_on_sigterm_to_one_and_resume_exactly(tm
     codes = run_pretrain_hosts(pattern, out, str(tmp_path), extra=args)
     assert codes == [0, 0], (codes, open(tmp_path / "pretrain0.log").read()[-3000:])
     assert "step 2 (epoch 1)." in open(tmp_path / "pretrain0.log").read()
-    a = read_checkpoint_arrays(os.path.join(reference, "checkpoint"))
-    b = read_checkpoint_arrays(os.path.join(out, "checkpoint"))
-    assert sorted(a) == sorted(b)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert open(os.path.join(out, "steps.jsonl")).read() == \
-        open(os.path.join(reference, "steps.jsonl")).read()
+    arrays, _ = assert_same_run(reference, out)
+    # The weights were sharded over the hosts; the preset holds all of them,
+    # equal to the final checkpoint's encoder.
+    import keras_m3ae
+
+    trained = keras_m3ae.M3AEBackbone.from_preset(os.path.join(out, "preset"))
+    initial = keras_m3ae.M3AEBackbone.from_preset(str(tmp_path / "tiny"))
+    by_shape = {}
+    for value in arrays.values():
+        by_shape.setdefault(value.shape, []).append(value)
+    for variable in trained.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        assert any(np.array_equal(value, saved) for saved in by_shape.get(value.shape, [])), \
+            variable.path
+    assert any(not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+               for a, b in zip(trained.weights, initial.weights))
+    pictures = sorted(os.listdir(os.path.join(out, "tensorboard", "reconstructions")))
+    assert pictures == ["step_00000003.png", "step_00000006.png"]

@@ -150,6 +150,9 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
         # Read on every host, before the writer check: a variable sharded
         # over hosts is gathered by all of them.
         weights = [hosts.to_numpy(v) for v in self.model.weights] if local_copy else None
+        # On every host: `on_train_end` decides from it whether to take part
+        # in one more snapshot (a collective), so all hosts must agree.
+        self._last_step = step
         if not writes_here(self.chief):
             return None
         if local_copy:
@@ -163,7 +166,6 @@ class ReconstructionSnapshots(keras.callbacks.Callback):
             self._write_png(grid, step)
         if self.tensorboard:
             self._write_summary(grid, step)
-        self._last_step = step
         return grid
 
     def _write_png(self, grid, step):

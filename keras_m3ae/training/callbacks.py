@@ -76,33 +76,37 @@ class SavePreset(keras.callbacks.Callback):
     The write goes to a temporary directory that replaces the previous
     preset only once complete (`save_preset_atomically`); weights that are
     not finite are never written over a good preset (that raises instead).
+    On several JAX processes put it on every process: weights sharded over
+    the hosts are read with all of them, and the chief alone writes.
 
     Args:
         backbone: the backbone to save (e.g. `pretrainer.backbone`).
         path: str. Preset directory.
         every_epochs: int. Save at the end of every this many epochs (and
             always at the end of training).
+        chief: bool or None. Whether this process writes; None: process 0.
 
     Example:
     >>> pretrainer.fit(ds, epochs=50, callbacks=[
     ...     NonFiniteLossGuard(), SavePreset(pretrainer.backbone, "run/preset")])
     """
 
-    def __init__(self, backbone, path, every_epochs=1):
+    def __init__(self, backbone, path, every_epochs=1, chief=None):
         super().__init__()
         self.backbone = backbone
         self.path = path
         self.every_epochs = every_epochs
+        self.chief = chief
         self._unsaved = False
 
     def on_epoch_end(self, epoch, logs=None):
         self._unsaved = (epoch + 1) % self.every_epochs != 0
         if not self._unsaved:
-            save_preset_atomically(self.backbone, self.path)
+            save_preset_atomically(self.backbone, self.path, chief=self.chief)
 
     def on_train_end(self, logs=None):
         if self._unsaved:
-            save_preset_atomically(self.backbone, self.path)
+            save_preset_atomically(self.backbone, self.path, chief=self.chief)
 
 
 class SkipCountLogger(keras.callbacks.Callback):

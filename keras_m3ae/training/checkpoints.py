@@ -169,6 +169,20 @@ def _fsync_tree(directory):
         _fsync_path(root)
 
 
+def _local_copy(backbone, weights):
+    """A copy of `backbone` on this process's default device, holding `weights`."""
+    import keras
+
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        copy = type(backbone).from_config(backbone.get_config())
+        copy.set_weights(weights)
+    finally:
+        keras.distribution.set_distribution(distribution)
+    return copy
+
+
 def non_finite_variables(model):
     """Paths of the model's variables that hold a NaN or an infinity."""
     return [
@@ -178,16 +192,25 @@ def non_finite_variables(model):
     ]
 
 
-def save_preset_atomically(backbone, path):
+def save_preset_atomically(backbone, path, chief=None):
     """`backbone.save_to_preset(path)`, atomic, checksummed, never with non-finite weights.
 
     The preset holds `checksums.json` (the SHA-256 of its files, checked
     by `M3AEBackbone.from_preset`), also for a keras-hub backbone.
 
+    On several JAX processes every process must call it: weights sharded
+    over the hosts (`ModelParallel` on a pod) are read with a collective on
+    all of them, and the writing process (`chief`) saves a copy of the
+    backbone made outside the run's `keras.distribution` and loaded with
+    them (one more set of encoder weights in its memory while it writes).
+    Every process checks finiteness on the same values, so all raise
+    together. On one process the backbone is saved as it is.
+
     Args:
         backbone: a keras-hub `Backbone` (e.g. `M3AEBackbone`).
         path: str. Preset directory: local, or a URL such as `gs://bucket/run/preset`
             (written locally first, then copied; see `atomic_directory`).
+        chief: bool or None. Whether this process writes; None: process 0.
 
     Raises:
         ValueError: a weight is NaN or infinite; `path` is left as it was.
@@ -195,12 +218,23 @@ def save_preset_atomically(backbone, path):
     Example:
     >>> save_preset_atomically(pretrainer.backbone, "run/preset")
     """
-    bad = non_finite_variables(backbone)
+    from keras_m3ae.training import hosts
+
+    if hosts.process_count() > 1:
+        weights = [hosts.to_numpy(v) for v in backbone.weights]
+        bad = [v.path for v, value in zip(backbone.weights, weights)
+               if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value))]
+    else:
+        weights, bad = None, non_finite_variables(backbone)
     if bad:
         raise ValueError(
             f"Not saving a preset to {path!r}: {len(bad)} weight(s) are not finite "
             f"(first: {bad[0]}); the last good preset there is kept."
         )
+    if not (hosts.is_chief() if chief is None else chief):
+        return
+    if weights is not None:
+        backbone = _local_copy(backbone, weights)
     with atomic_directory(path) as temporary:
         backbone.save_to_preset(temporary)
         if not os.path.exists(os.path.join(temporary, CHECKSUMS_FILE)):

@@ -109,3 +109,19 @@ class CrashAt(keras.callbacks.Callback):
         self.seen += 1
         if self.seen == self.step:
             raise Crash()
+
+
+def write_safetensors(path, tensors):
+    """A float32 safetensors file of `{name: array}` (the format's header + raw bytes)."""
+    import json
+
+    header, offset, blobs = {}, 0, []
+    for name, value in tensors.items():
+        data = np.ascontiguousarray(value, "<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(value.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))

@@ -15,6 +15,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from conftest import write_safetensors
 
 import keras_m3ae
 from keras_m3ae.convert import CheckpointError
@@ -158,19 +159,6 @@ def test_keyword_overrides():
     assert pretrainer.backbone.layer_norm_epsilon == 1e-5
 
 
-def _write_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name, value in tensors.items():
-        data = np.ascontiguousarray(value, "<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
-
-
 def test_hf_transformers_4_key_names(tmp_path):
     """Hub / transformers 4.x files name decoder blocks `decoder.decoder_layers.N`."""
     from keras_m3ae.convert.hf_vitmae import read_safetensors
@@ -181,7 +169,7 @@ def test_hf_transformers_4_key_names(tmp_path):
                for k, v in tensors.items()}
     assert any("decoder_layers" in k for k in renamed)
     shutil.copy(os.path.join(source, "config.json"), tmp_path / "config.json")
-    _write_safetensors(tmp_path / "model.safetensors", renamed)
+    write_safetensors(tmp_path / "model.safetensors", renamed)
     pretrainer = keras_m3ae.convert.load_checkpoint(str(tmp_path))
     check_parity(pretrainer, dict(np.load(os.path.join(DATA, "vitmae_hf_tiny.npz"))))
 
@@ -307,7 +295,7 @@ def test_hf_without_qkv_bias(tmp_path):
     config = json.load(open(os.path.join(source, "config.json")))
     config["qkv_bias"] = False
     json.dump(config, open(tmp_path / "config.json", "w"))
-    _write_safetensors(tmp_path / "model.safetensors", tensors)
+    write_safetensors(tmp_path / "model.safetensors", tensors)
     pretrainer = keras_m3ae.convert.load_checkpoint(str(tmp_path))
     biases = [v for v in pretrainer.weights if v.path.endswith("qkv/bias")]
     assert biases and all(not np.any(_np(v)) for v in biases)

@@ -20,7 +20,6 @@ zero but for rounding noise, which Adam scales up to steps of up to about
 `lr`, so both sides move it by noise of that size.
 """
 
-import json
 import os
 import pickle
 import re
@@ -28,6 +27,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from conftest import write_safetensors
 
 import keras_m3ae
 from keras_m3ae.optimizers import pretrain_optimizer
@@ -73,19 +73,6 @@ def _train(init_path, trajectory, recipe, text):
     return model, np.array(losses)
 
 
-def _write_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name, value in tensors.items():
-        data = np.ascontiguousarray(value, "<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
-
-
 def _nested(flat):
     tree = {}
     for name, value in flat.items():
@@ -105,7 +92,7 @@ def _reference_final_as_pretrainer(kind, tmp_path):
         directory.mkdir()
         with open(os.path.join(DATA, "mae_hf_init", "config.json")) as f:
             (directory / "config.json").write_text(f.read())
-        _write_safetensors(directory / "model.safetensors", final)
+        write_safetensors(directory / "model.safetensors", final)
         return keras_m3ae.convert.load_checkpoint(str(directory))
     from keras_m3ae.convert import safe_pickle
 

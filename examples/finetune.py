@@ -38,7 +38,7 @@ def main():
     p.add_argument("--skip_baseline", action="store_true",
                    help="do not also fine-tune a randomly initialised encoder")
     args = p.parse_args()
-    tune_host()
+    tune_host(args)
     if args.layer_decay is None:
         args.layer_decay = keras_m3ae.recipes.get(args.recipe).fine_tune.layer_decay
     start = time.time()

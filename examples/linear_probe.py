@@ -48,7 +48,7 @@ def probe(preset, train, test, num_classes, args, image_size=None, load_weights=
 
 def main():
     args = parser(__doc__).parse_args()
-    tune_host()
+    tune_host(args)
     start = time.time()
     if args.dataset == "default":
         args.epochs = args.epochs or 100

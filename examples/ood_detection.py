@@ -28,7 +28,7 @@ from keras_m3ae.models import M3AEImageClassifier
 
 def main():
     args = parser(__doc__).parse_args()
-    tune_host()
+    tune_host(args)
     if args.dataset == "default":
         args.epochs = args.epochs or 30
         data, (x_train, y_train), (x_test, y_test) = load_default(args.num_examples, args.seed)

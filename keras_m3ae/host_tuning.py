@@ -30,6 +30,13 @@ MALLOC_SETTINGS = {
     "trim_threshold": (M_TRIM_THRESHOLD, 2**31 - 1),
 }
 # The same settings as a `GLIBC_TUNABLES` value, which acts from a process's start.
+# What the demo and the examples print when, at the demo's tiny model size,
+# they leave `tune_cpu_host()` uncalled (benchmarks/RESULTS.md, section 11).
+NOT_AT_TINY_SIZE = (
+    "keras_m3ae.tune_cpu_host(): not called: at this tiny model's size it made training steps "
+    "slower on a quiet 2-core host (JAX 1.2-2x; benchmarks/RESULTS.md, section 11); it pays "
+    "from ViT-S up. --tune-cpu-host calls it."
+)
 MALLOC_TUNABLES = ":".join(
     f"glibc.malloc.{name}={value}" for name, (_, value) in MALLOC_SETTINGS.items()
 )
@@ -199,10 +206,14 @@ def tune_cpu_host(xla_flag=True, malloc=True, verbose=True):
       RSS) and 1.06-1.15x faster on torch. `M_ARENA_MAX` binds only
       threads that have not allocated yet: call this before any JAX or
       torch computation. The same settings can be given to any process
-      from its start with `GLIBC_TUNABLES=` `MALLOC_TUNABLES`. On a loaded 2-core host a tiny
-      MAE step on JAX ran ~3x slower with them (likely the one heap's lock
-      held by a descheduled thread; `benchmarks/RESULTS.md`, section 11):
-      small steps on an oversubscribed host may lose.
+      from its start with `GLIBC_TUNABLES=` `MALLOC_TUNABLES`.
+
+    Both pay from ViT-S up; at the demo's tiny size (width 128, 4 blocks)
+    they cost: on a quiet 2-core host the JAX M3AE step ran 1.2-1.3x and
+    the JAX MAE step 1.6-2.1x slower with both on, the torch MAE step
+    1.2-1.4x (`benchmarks/RESULTS.md`, section 11; one heap,
+    `M_ARENA_MAX` 1, is the larger part). The demo and the examples on
+    their built-in data therefore leave it uncalled unless asked.
 
     The costs: the process keeps its high-water mark of host memory
     instead of returning freed memory to the system, and XLA compiles

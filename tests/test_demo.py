@@ -22,6 +22,7 @@ def test_demo_entry_point_prints_only_its_own_lines():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m keras_m3ae")
     assert "pretrains a tiny M3AE" in result.stdout and "m3ae_demo_output" in result.stdout
+    assert "--tune-cpu-host" in result.stdout
     # No TensorFlow / oneDNN / CUDA / absl lines, nothing at all on stderr.
     assert result.stderr == ""
 
@@ -128,6 +129,8 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "linear probe, shape" in result.stdout
+    # Left uncalled at the demo's tiny size, and said so.
+    assert "keras_m3ae.tune_cpu_host(): not called" in result.stdout
     for name in ("reconstructions.png", "attention.png", "tsne.png", "tsne_by_colour.png",
                  "tsne_one_colour.png", "preset/config.json"):
         assert (out / name).stat().st_size > 0

@@ -102,3 +102,21 @@ def test_examples_reuse_the_demo_preset_and_pretrain_into_it_otherwise(tmp_path,
     assert common.default_preset(given) == "elsewhere"
     with pytest.raises(SystemExit, match="Give --preset"):
         common.default_preset(common.parser("").parse_args(["--dataset", "cifar10"]))
+
+
+@pytest.mark.backend_independent
+def test_examples_leave_the_host_tuning_off_for_the_tiny_demo_encoder_unless_asked(
+        monkeypatch, capsys):
+    import keras_m3ae
+    from keras_m3ae.host_tuning import NOT_AT_TINY_SIZE
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    common = load_example("common")
+    calls = []
+    monkeypatch.setattr(keras_m3ae, "tune_cpu_host",
+                        lambda verbose=True: calls.append(verbose) or "tuned")
+    common.tune_host(common.parser("").parse_args([]))
+    assert calls == [] and NOT_AT_TINY_SIZE in capsys.readouterr().out
+    common.tune_host(common.parser("").parse_args(["--tune-cpu-host"]))
+    common.tune_host(common.parser("").parse_args(["--dataset", "cifar10"]))
+    assert calls == [False, False] and capsys.readouterr().out == "tuned\ntuned\n"

@@ -839,7 +839,7 @@ def plot_mae(summary, path):
                        [group[d]["seconds"] for d in group]))
     if "partial_finetune" in summary:
         group = summary["partial_finetune"]
-        panels.append(("Blocks fine-tuned (MAE Fig. 9)", "fine-tune top-1", list(group),
+        panels.append(("Blocks fine-tuned (MAE Fig. 9)", "top-1 (0 blocks: the probe)", list(group),
                        list(group.values())))
     if "efficient_vs_standard" in summary:
         group = dict(summary["efficient_vs_standard"])

@@ -99,7 +99,7 @@ def test_finetune_flag_sets_the_layer_decay(monkeypatch, argv, layer_decay):
     data = (np.zeros((4, 8, 8, 3), "float32"), labels)
     monkeypatch.setattr(finetune, "load_default", lambda n, seed: ({"labels": labels}, data, data))
     monkeypatch.setattr(finetune, "default_preset", lambda args: "preset")
-    monkeypatch.setattr(finetune, "tune_host", lambda: None)  # process-wide: not in a test
+    monkeypatch.setattr(finetune, "tune_host", lambda args: None)  # process-wide: not in a test
     monkeypatch.setattr(finetune, "M3AEImageClassifier", Classifier)
     monkeypatch.setattr(sys, "argv", ["finetune.py"] + argv)
     with pytest.raises(_Stop):

@@ -767,6 +767,10 @@ def _fit_from_checkpoint(model, x, epochs, steps_per_epoch, checkpoint, callback
     if checkpoint.step >= total:
         logger.warning("The checkpoint holds all %d steps of this run: nothing to do.", total)
         return None
+    if hasattr(x, "element_spec"):
+        # The dataset's own order is the one an exact resume replays; Keras
+        # ignores `shuffle` for a dataset (and warns when it is True).
+        kwargs.setdefault("shuffle", False)
     epoch, done = divmod(checkpoint.step, steps_per_epoch)
     # A kill after an epoch's row was written but before the next save
     # redoes that epoch: its row is written again.

@@ -314,9 +314,9 @@ def step_seconds(config, mask_ratio, decoder_layers, images, repeats=20):
 def fine_tune_accuracy(backbone, config, blocks, layer_decay):
     """Trains an `M3AEImageClassifier` on a copy of the encoder; test top-1.
 
-    `blocks`: "0" (linear probe, LARS; not used by the experiments, whose
-    "0 blocks" is the closed-form probe), "1", "2" (partial) or "all"; the
-    classifier's `compile` recipe with `layer_decay` (1.0: none).
+    `blocks`: "1", "2" (partial) or "all" ("0 blocks", the linear probe, is
+    the run's closed-form probe); the classifier's fine-tuning `compile`
+    recipe with `layer_decay` (1.0: none).
     """
     import keras
 
@@ -340,8 +340,7 @@ def fine_tune_accuracy(backbone, config, blocks, layer_decay):
     base_rate = config["finetune_learning_rate"] * 256 / batch_size
     classifier.compile(batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
                        warmup_epochs=max(1, epochs // 10),
-                       base_learning_rate=None if blocks == "0" else base_rate,
-                       layer_decay=None if blocks == "0" else layer_decay)
+                       base_learning_rate=base_rate, layer_decay=layer_decay)
     # Shuffled each epoch here: a Task's `fit` batches arrays in order.
     import tensorflow as tf
 

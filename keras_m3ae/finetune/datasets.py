@@ -11,6 +11,7 @@ labelled image-caption dataset that needs nothing on disk, and
 
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -138,8 +139,6 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=32, shuffle=True):
     >>> [len(x) for x, y in ds]
     [4, 2]
     """
-    import keras
-
     data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
     data = keras.tree.map_structure(
         lambda leaf: leaf if isinstance(leaf, tf.Tensor)

@@ -17,11 +17,13 @@ import shutil
 import signal
 import tempfile
 
+import keras
 import numpy as np
 from keras import ops
 
 from keras_m3ae.models.m3ae.preset_integrity import CHECKSUMS_FILE
 from keras_m3ae.models.m3ae.preset_integrity import write_checksums
+from keras_m3ae.training import hosts
 from keras_m3ae.training import paths
 
 logger = logging.getLogger("keras_m3ae.training")
@@ -171,8 +173,6 @@ def _fsync_tree(directory):
 
 def _local_copy(backbone, weights):
     """A copy of `backbone` on this process's default device, holding `weights`."""
-    import keras
-
     distribution = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
     try:
@@ -218,8 +218,6 @@ def save_preset_atomically(backbone, path, chief=None):
     Example:
     >>> save_preset_atomically(pretrainer.backbone, "run/preset")
     """
-    from keras_m3ae.training import hosts
-
     if hosts.process_count() > 1:
         weights = [hosts.to_numpy(v) for v in backbone.weights]
         bad = [v.path for v, value in zip(backbone.weights, weights)
